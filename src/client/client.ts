@@ -1,0 +1,64 @@
+/** A typed client of the daemon's local HTTP API. Every response is checked against its schema. */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { z } from 'zod';
+import { FabricError, errorMessage } from '../core/index.ts';
+import { API_FILE_NAME, ApiFileSchema, type ApiFile } from '../api/endpoint.ts';
+import { ErrorResponseSchema, NodesResponseSchema, StatusResponseSchema, TokenResponseSchema } from '../api/schemas.ts';
+
+export class FabricClient {
+  readonly #api: ApiFile;
+
+  constructor(api: ApiFile) {
+    this.#api = api;
+  }
+
+  /** Finds the daemon of a data dir through its `api.json`. */
+  static fromDataDir(dataDir: string): FabricClient {
+    const path = join(dataDir, API_FILE_NAME);
+    let raw: string;
+    try {
+      raw = readFileSync(path, 'utf8');
+    } catch {
+      throw new FabricError('DAEMON_UNREACHABLE', `no daemon is running for data dir ${dataDir} (no ${API_FILE_NAME}); start one with \`fabric agent --data-dir ${dataDir}\``);
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw);
+    } catch {
+      parsed = undefined;
+    }
+    const api = ApiFileSchema.safeParse(parsed);
+    if (!api.success) throw new FabricError('BAD_INPUT', `${path} is not a valid API file; restart the daemon to rewrite it`);
+    return new FabricClient(api.data);
+  }
+
+  status() {
+    return this.#get('/v1/status', StatusResponseSchema);
+  }
+
+  async nodes() {
+    return (await this.#get('/v1/nodes', NodesResponseSchema)).nodes;
+  }
+
+  async token() {
+    return (await this.#get('/v1/token', TokenResponseSchema)).token;
+  }
+
+  async #get<T>(path: string, schema: z.ZodType<T>): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(this.#api.url + path, { headers: { authorization: `Bearer ${this.#api.token}` }, signal: AbortSignal.timeout(10_000) });
+    } catch (err) {
+      throw new FabricError('DAEMON_UNREACHABLE', `the daemon at ${this.#api.url} does not answer (${errorMessage(err instanceof Error && err.cause ? err.cause : err)}); is it running?`);
+    }
+    const body: unknown = await res.json().catch(() => undefined);
+    if (!res.ok) {
+      const e = ErrorResponseSchema.safeParse(body);
+      throw new FabricError(res.status === 401 ? 'UNAUTHORIZED' : 'INTERNAL', e.success ? e.data.error.message : `HTTP ${res.status} from ${path}`);
+    }
+    const parsed = schema.safeParse(body);
+    if (!parsed.success) throw new FabricError('INTERNAL', `unexpected response from ${path}: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
+    return parsed.data;
+  }
+}

@@ -1,0 +1,49 @@
+/** The CLI commands that talk to a running daemon through its HTTP API. */
+import type { Command } from 'commander';
+import { FabricClient } from './client.ts';
+import { action, addDataDirOption, dataDirOf, printJson } from './cli-kit.ts';
+import { formatAge, nodesTable, table } from './format.ts';
+
+type CommonFlags = { dataDir?: string; json?: boolean };
+
+export function registerClientCommands(program: Command): void {
+  addDataDirOption(
+    program
+      .command('nodes')
+      .description('list every peer of the fabric with its state, zone and GPUs')
+      .option('--json', 'print a JSON array of peers (with devices, MIG instances and links)'),
+  ).action(
+    action(async (flags: CommonFlags) => {
+      const nodes = await FabricClient.fromDataDir(dataDirOf(flags)).nodes();
+      if (flags.json) printJson(nodes);
+      else process.stdout.write(`${nodesTable(nodes)}\n`);
+    }),
+  );
+
+  addDataDirOption(
+    program
+      .command('status')
+      .description("show this daemon's identity, addresses, fabric id and peer counts")
+      .option('--json', 'print the status as JSON'),
+  ).action(
+    action(async (flags: CommonFlags) => {
+      const s = await FabricClient.fromDataDir(dataDirOf(flags)).status();
+      if (flags.json) {
+        printJson(s);
+        return;
+      }
+      const rows = [
+        ['peer id', s.peerId],
+        ['fabric id', s.fabricId],
+        ['data dir', s.dataDir],
+        ['api', s.apiUrl],
+        ['version', `${s.version} (incarnation ${s.incarnation}, up ${formatAge(s.uptimeMs)})`],
+        ['peers', `${s.peers.alive} alive, ${s.peers.suspect} suspect, ${s.peers.dead} dead (${s.peers.connected} connected)`],
+        ['gpus', String(s.devices)],
+        ...s.addrs.map((a, i) => [i === 0 ? 'addresses' : '', a]),
+        ...s.warnings.map((w, i) => [i === 0 ? 'warnings' : '', w]),
+      ];
+      process.stdout.write(`${table(['', ''], rows).split('\n').slice(1).join('\n')}\n`);
+    }),
+  );
+}

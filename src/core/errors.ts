@@ -1,0 +1,45 @@
+/**
+ * FabricError: every error the fabric raises on purpose carries a stable `code`, so callers
+ * (the CLI, the HTTP API, tests) tell errors apart without parsing messages.
+ */
+export type ErrorCode =
+  | 'BAD_INPUT'
+  | 'BAD_TOKEN'
+  | 'BAD_FRAME'
+  | 'NOT_FOUND'
+  | 'UNAUTHORIZED'
+  | 'DATA_DIR_LOCKED'
+  | 'DATA_DIR_MISSING'
+  | 'DATA_DIR_EXISTS'
+  | 'DISCOVERY_FAILED'
+  | 'DAEMON_UNREACHABLE'
+  | 'TIMEOUT'
+  | 'ABORTED'
+  | 'INTERNAL';
+
+export class FabricError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'FabricError';
+    this.code = code;
+    this.details = options?.details;
+  }
+}
+
+export function isFabricError(err: unknown, code?: ErrorCode): err is FabricError {
+  return err instanceof FabricError && (code === undefined || err.code === code);
+}
+
+/** A one-line description of any thrown value, for logs and CLI output. */
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  if (typeof err === 'string') return err;
+  try {
+    return JSON.stringify(err);
+  } catch {
+    return String(err);
+  }
+}

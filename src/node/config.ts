@@ -1,0 +1,28 @@
+/** The daemon's configuration (`config.json`) and its small persistent state (`state.json`). */
+import { z } from 'zod';
+import { NodeLabelsSchema } from '../gossip/state.ts';
+
+export const DaemonConfigSchema = z.object({
+  v: z.literal(1),
+  fabricId: z.string().min(1).max(64),
+  listen: z.array(z.string().min(1)).min(1),
+  apiPort: z.number().int().min(0).max(65535),
+  labels: NodeLabelsSchema,
+  /** Bootstrap multiaddrs from the join token (empty for the peer that ran `fabric init`). */
+  bootstrap: z.array(z.string()),
+  simulateGpus: z.string().optional(),
+  nvidiaSmi: z.string().optional(),
+  rocmSmi: z.string().optional(),
+  createdAtMs: z.number().int(),
+});
+export type DaemonConfig = z.infer<typeof DaemonConfigSchema>;
+
+export const DaemonStateSchema = z.object({
+  /** Grows by one at every start: the gossip version's first half, so peers tell a restart from a stale record. */
+  incarnation: z.number().int().min(0),
+  /** Last known addresses of peers, dialed at start so a restarted daemon finds the fabric without its token. */
+  knownPeers: z.record(z.string(), z.array(z.string())),
+  /** This daemon's own addresses when it last ran (what `fabric token` offers when it is stopped). */
+  selfAddrs: z.array(z.string()),
+});
+export type DaemonState = z.infer<typeof DaemonStateSchema>;

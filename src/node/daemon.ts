@@ -1,0 +1,324 @@
+/**
+ * The daemon: the composition root. Builds everything in order (lock, config, keys, discovery,
+ * libp2p, gossip, API) and closes it in reverse.
+ */
+import { createServer, type Server } from 'node:http';
+import { randomBytes } from 'node:crypto';
+import { unlinkSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { multiaddr } from '@multiformats/multiaddr';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { publicKeyFromProtobuf } from '@libp2p/crypto/keys';
+import { FabricError, errorMessage, type Logger } from '../core/index.ts';
+import type { Inventory } from '../devices/model.ts';
+import { discoverInventory, type ToolCommand } from '../devices/probe/discover.ts';
+import { readHostInfo } from '../devices/probe/host.ts';
+import { simulatedTools } from '../devices/fake/profiles.ts';
+import { GossipService } from '../gossip/service.ts';
+import type { NodeState } from '../gossip/state.ts';
+import type { Verify } from '../gossip/ports.ts';
+import { createApiHandler } from '../api/routes.ts';
+import type { NodeView, StatusResponse } from '../api/schemas.ts';
+import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
+import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
+import { loadIdentityKey, loadSwarmKey } from './identity.ts';
+import { acquireLock, type DataDirLock } from './lock.ts';
+import { dataDirPaths, type DataDirPaths } from './paths.ts';
+import { createHost, type FabricHost } from './host.ts';
+import { createGossipTransport, gossipTopic, serveGossipProtocols } from './gossip-transport.ts';
+import { runTool } from './run-tool.ts';
+import { systemClock, systemRng } from './system.ts';
+import { encodeJoinToken } from './token.ts';
+import { nodeView } from './views.ts';
+
+export const FABRIC_VERSION = '0.1.0';
+
+export interface DaemonOptions {
+  dataDir: string;
+  log: Logger;
+  /** How often GPUs are re-discovered (ms); a change is gossiped at once. */
+  rediscoverMs?: number;
+}
+
+/** Ed25519 peer ids embed their public key, so any peer's signature is checked from its id alone. */
+export const verifyByPeerId: Verify = async (peerId, data, sig) => {
+  try {
+    const id = peerIdFromString(peerId);
+    const key = id.publicKey ?? (id.toMultihash().code === 0 ? publicKeyFromProtobuf(id.toMultihash().digest) : undefined);
+    return key === undefined ? false : await key.verify(data, sig);
+  } catch {
+    return false;
+  }
+};
+
+export class Daemon {
+  readonly paths: DataDirPaths;
+  readonly config: DaemonConfig;
+  readonly peerId: string;
+  readonly #log: Logger;
+  readonly #host: FabricHost;
+  readonly #gossip: GossipService;
+  readonly #lock: DataDirLock;
+  readonly #state: DaemonState;
+  readonly #startedAt = Date.now();
+  #api: Server | undefined;
+  #apiUrl = '';
+  #timers: NodeJS.Timeout[] = [];
+  #stopping = false;
+  #persistTimer: NodeJS.Timeout | undefined;
+  readonly #rediscoverMs: number;
+
+  private constructor(init: {
+    paths: DataDirPaths; config: DaemonConfig; state: DaemonState; log: Logger; host: FabricHost; gossip: GossipService; lock: DataDirLock; rediscoverMs: number;
+  }) {
+    this.paths = init.paths;
+    this.config = init.config;
+    this.#state = init.state;
+    this.#log = init.log;
+    this.#host = init.host;
+    this.#gossip = init.gossip;
+    this.#lock = init.lock;
+    this.peerId = init.host.peerId.toString();
+    this.#rediscoverMs = init.rediscoverMs;
+  }
+
+  static async start(opts: DaemonOptions): Promise<Daemon> {
+    const paths = dataDirPaths(opts.dataDir);
+    if (!fileExists(paths.config)) {
+      throw new FabricError('DATA_DIR_MISSING', `${opts.dataDir} holds no fabric (no config.json): run \`fabric init\` or \`fabric join TOKEN\` first`);
+    }
+    const lock = acquireLock(paths.lock, opts.dataDir);
+    try {
+      return await Daemon.#build(opts, paths, lock);
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+  }
+
+  static async #build(opts: DaemonOptions, paths: DataDirPaths, lock: DataDirLock): Promise<Daemon> {
+    const config = readJsonFile(paths.config, DaemonConfigSchema);
+    const previous = fileExists(paths.state) ? readJsonFile(paths.state, DaemonStateSchema) : { incarnation: 0, knownPeers: {}, selfAddrs: [] };
+    // The incarnation is made durable before anyone can hear of this run.
+    const state: DaemonState = { ...previous, incarnation: previous.incarnation + 1 };
+    writeJsonFile(paths.state, state);
+
+    const privateKey = loadIdentityKey(paths.identityKey);
+    const swarmKey = loadSwarmKey(paths.swarmKey);
+    const log = opts.log.child({ module: 'node' });
+
+    const host = await createHost({ privateKey, swarmKey, listen: config.listen });
+    const peerId = host.peerId.toString();
+    const inventory = await discover(config, peerId, opts.log.child({ module: 'devices' }));
+    for (const w of inventory.warnings) log.warn({ warning: w }, 'device discovery');
+
+    const initialState: NodeState = {
+      v: 1,
+      peerId,
+      fabricId: config.fabricId,
+      incarnation: state.incarnation,
+      seq: 0,
+      addrs: [],
+      apiVersion: FABRIC_VERSION,
+      labels: config.labels,
+      inventory,
+      load: { allocatedDevices: [] },
+      updatedAtMs: Date.now(),
+    };
+    const transport = createGossipTransport(host, config.fabricId);
+    const gossip = new GossipService({
+      self: { peerId, fabricId: config.fabricId },
+      initialState,
+      clock: systemClock,
+      wallNow: () => Date.now(),
+      rng: systemRng(),
+      transport,
+      sign: async (data) => await privateKey.sign(data),
+      verify: verifyByPeerId,
+      log: opts.log.child({ module: 'gossip' }),
+    });
+    const daemon = new Daemon({ paths, config, state, log, host, gossip, lock, rediscoverMs: opts.rediscoverMs ?? 30_000 });
+    await daemon.#run();
+    return daemon;
+  }
+
+  async #run(): Promise<void> {
+    const host = this.#host;
+    const topic = gossipTopic(this.config.fabricId);
+    await serveGossipProtocols(
+      host,
+      { pullFrames: () => this.#gossip.handlePullRequest(), probeFor: (target, signal) => this.#gossip.handleProbeVia(target, signal) },
+      this.#log,
+      400,
+    );
+    host.services.pubsub.subscribe(topic);
+    host.services.pubsub.addEventListener('gossipsub:message', (evt) => {
+      const { msg, propagationSource } = evt.detail;
+      if (msg.topic !== topic) return;
+      void this.#gossip.handleBroadcast(msg.data, propagationSource.toString()).catch((err: unknown) => {
+        this.#log.warn({ err: errorMessage(err) }, 'gossip broadcast handling failed');
+      });
+    });
+    host.addEventListener('peer:connect', (evt) => this.#gossip.peerConnected(evt.detail.toString()));
+    host.addEventListener('peer:disconnect', (evt) => this.#gossip.peerDisconnected(evt.detail.toString()));
+    this.#gossip.subscribe(() => this.#schedulePersist());
+
+    await host.start();
+    this.#gossip.updateSelf((s) => ({ ...s, addrs: this.#selfAddrs() }));
+    this.#gossip.start();
+    await this.#startApi();
+    this.#persistNow();
+
+    for (const addr of [...this.config.bootstrap, ...Object.values(this.#state.knownPeers).flat()]) this.#dial([addr]);
+    this.#timers.push(setInterval(() => this.#connectToKnownPeers(), 2_000));
+    this.#timers.push(setInterval(() => void this.#rediscover(), this.#rediscoverMs));
+    this.#log.info({ peerId: this.peerId, fabricId: this.config.fabricId, addrs: this.#selfAddrs(), api: this.#apiUrl }, 'daemon started');
+  }
+
+  #selfAddrs(): string[] {
+    return this.#host.getMultiaddrs().map((m) => m.toString());
+  }
+
+  #dial(addrs: string[]): void {
+    const parsed = addrs.flatMap((a) => {
+      try {
+        return [multiaddr(a)];
+      } catch {
+        return [];
+      }
+    }).filter((m) => m.getComponents().find((c) => c.name === 'p2p')?.value !== this.peerId);
+    if (parsed.length === 0 || this.#stopping) return;
+    this.#host.dial(parsed, { signal: AbortSignal.timeout(5_000) }).catch((err: unknown) => {
+      this.#log.debug({ addrs, err: errorMessage(err) }, 'dial failed');
+    });
+  }
+
+  /** Keeps a connection to every live peer: the fabric is small enough for a full mesh. */
+  #connectToKnownPeers(): void {
+    const connected = new Set(this.#host.getPeers().map((p) => p.toString()));
+    for (const entry of this.#gossip.membership.list()) {
+      if (entry.peerId === this.peerId || entry.status === 'dead' || connected.has(entry.peerId)) continue;
+      const addrs = entry.state?.addrs ?? this.#state.knownPeers[entry.peerId] ?? [];
+      this.#dial(addrs);
+    }
+    if (connected.size === 0) for (const addr of this.config.bootstrap) this.#dial([addr]);
+  }
+
+  async #rediscover(): Promise<void> {
+    try {
+      const inventory = await discover(this.config, this.peerId, this.#log);
+      const current = this.#gossip.selfState().inventory;
+      if (JSON.stringify(current) !== JSON.stringify(inventory)) {
+        this.#log.info({ devices: inventory.devices.length }, 'inventory changed');
+        this.#gossip.updateSelf((s) => ({ ...s, inventory }));
+      }
+      const addrs = this.#selfAddrs();
+      if (JSON.stringify(addrs) !== JSON.stringify(this.#gossip.selfState().addrs)) this.#gossip.updateSelf((s) => ({ ...s, addrs }));
+    } catch (err) {
+      this.#log.warn({ err: errorMessage(err) }, 'rediscovery failed');
+    }
+  }
+
+  async #startApi(): Promise<void> {
+    const token = randomBytes(24).toString('hex');
+    const handler = createApiHandler(
+      { status: () => this.status(), nodes: () => this.nodes(), token: () => ({ token: this.joinToken() }) },
+      { token, log: this.#log.child({ module: 'api' }) },
+    );
+    const server = createServer(handler);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.config.apiPort, '127.0.0.1', () => resolve());
+    }).catch((err: unknown) => {
+      throw new FabricError('BAD_INPUT', `cannot listen on 127.0.0.1:${this.config.apiPort} for the API: ${errorMessage(err)}`);
+    });
+    this.#api = server;
+    this.#apiUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    writeJsonFile(this.paths.api, { url: this.#apiUrl, token, pid: process.pid });
+  }
+
+  #schedulePersist(): void {
+    if (this.#persistTimer !== undefined || this.#stopping) return;
+    this.#persistTimer = setTimeout(() => {
+      this.#persistTimer = undefined;
+      this.#persistNow();
+    }, 2_000);
+  }
+
+  #persistNow(): void {
+    const knownPeers: Record<string, string[]> = {};
+    for (const e of this.#gossip.membership.list()) {
+      if (e.peerId !== this.peerId && e.status !== 'dead' && e.state !== undefined) knownPeers[e.peerId] = e.state.addrs;
+    }
+    this.#state.knownPeers = { ...this.#state.knownPeers, ...knownPeers };
+    this.#state.selfAddrs = this.#selfAddrs();
+    try {
+      writeJsonFile(this.paths.state, this.#state);
+    } catch (err) {
+      this.#log.warn({ err: errorMessage(err) }, 'cannot persist daemon state');
+    }
+  }
+
+  joinToken(): string {
+    const bootstrap = this.#selfAddrs();
+    return encodeJoinToken({ fabricId: this.config.fabricId, swarmKey: loadSwarmKey(this.paths.swarmKey), bootstrap });
+  }
+
+  nodes(): NodeView[] {
+    const now = systemClock.now();
+    return this.#gossip.membership.list().map((e) => nodeView(e, this.peerId, now));
+  }
+
+  status(): StatusResponse {
+    const nodes = this.#gossip.membership.list();
+    const count = (s: string) => nodes.filter((n) => n.peerId !== this.peerId && n.status === s).length;
+    const self = this.#gossip.selfState();
+    return {
+      peerId: this.peerId,
+      fabricId: this.config.fabricId,
+      dataDir: this.paths.dir,
+      addrs: this.#selfAddrs(),
+      apiUrl: this.#apiUrl,
+      version: FABRIC_VERSION,
+      incarnation: self.incarnation,
+      uptimeMs: Date.now() - this.#startedAt,
+      peers: { alive: count('alive'), suspect: count('suspect'), dead: count('dead'), connected: this.#host.getPeers().length },
+      devices: self.inventory.devices.length,
+      warnings: self.inventory.warnings,
+      gossip: { ...this.#gossip.stats() },
+    };
+  }
+
+  async stop(): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    this.#log.info({}, 'daemon stopping');
+    for (const t of this.#timers) clearInterval(t);
+    if (this.#persistTimer) clearTimeout(this.#persistTimer);
+    this.#persistNow();
+    await new Promise<void>((resolve) => (this.#api ? this.#api.close(() => resolve()) : resolve()));
+    this.#api?.closeAllConnections();
+    try {
+      unlinkSync(this.paths.api);
+    } catch {
+      // already gone
+    }
+    this.#gossip.stop();
+    await Promise.resolve(this.#host.stop()).catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'libp2p stop failed'));
+    this.#lock.release();
+  }
+}
+
+/** Runs GPU discovery with the tools this daemon is configured for (real, another path, or simulated). */
+export async function discover(config: DaemonConfig, peerId: string, log: Logger): Promise<Inventory> {
+  let nvidiaSmi: ToolCommand | undefined;
+  let rocmSmi: ToolCommand | undefined;
+  if (config.simulateGpus !== undefined) {
+    ({ nvidiaSmi, rocmSmi } = simulatedTools(config.simulateGpus, peerId));
+  } else {
+    const nv = config.nvidiaSmi ?? process.env['FABRIC_NVIDIA_SMI'];
+    if (nv !== undefined) nvidiaSmi = { file: nv, prefixArgs: [] };
+    if (config.rocmSmi !== undefined) rocmSmi = { file: config.rocmSmi, prefixArgs: [] };
+  }
+  return discoverInventory({ run: runTool, host: readHostInfo(), log, ...(nvidiaSmi ? { nvidiaSmi } : {}), ...(rocmSmi ? { rocmSmi } : {}) });
+}

@@ -1,0 +1,54 @@
+/** Builds the libp2p host: TCP, Noise, Yamux, a private network (swarm key), identify, ping, gossipsub. */
+import { createLibp2p, type Libp2p } from 'libp2p';
+import { tcp } from '@libp2p/tcp';
+import { noise } from '@libp2p/noise';
+import { yamux } from '@libp2p/yamux';
+import { identify } from '@libp2p/identify';
+import { ping } from '@libp2p/ping';
+import { preSharedKey } from '@libp2p/pnet';
+import { gossipsub, type GossipSub } from '@libp2p/gossipsub';
+import type { PrivateKey } from '@libp2p/interface';
+import type { Identify } from '@libp2p/identify';
+import type { Ping } from '@libp2p/ping';
+import { swarmKeyFileText } from './identity.ts';
+
+export type FabricHost = Libp2p<{ identify: Identify; ping: Ping; pubsub: GossipSub }>;
+
+export interface HostOptions {
+  privateKey: PrivateKey;
+  swarmKey: Uint8Array;
+  listen: string[];
+}
+
+export async function createHost(opts: HostOptions): Promise<FabricHost> {
+  return createLibp2p({
+    privateKey: opts.privateKey,
+    addresses: { listen: opts.listen },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    // A host without the fabric's swarm key cannot even complete a connection.
+    connectionProtector: preSharedKey({ psk: new TextEncoder().encode(swarmKeyFileText(opts.swarmKey)) }),
+    connectionManager: {
+      maxConnections: 512,
+      // Many daemons on one host dial each other at once (tests, `fabric demo`); the default
+      // five per second per address resets those connections.
+      inboundConnectionThreshold: 1000,
+      maxIncomingPendingConnections: 256,
+      dialTimeout: 5_000,
+    },
+    services: {
+      identify: identify(),
+      ping: ping(),
+      pubsub: gossipsub({
+        // States and heartbeats carry their own Ed25519 signature (src/gossip/codec.ts), which
+        // also covers frames relayed by anti-entropy; a second gossipsub signature would only cost CPU.
+        globalSignaturePolicy: 'StrictNoSign',
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        heartbeatInterval: 700,
+        maxInboundDataLength: 512 * 1024,
+      }),
+    },
+  });
+}

@@ -1,0 +1,49 @@
+import { describe, expect, test } from 'vitest';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createApiHandler, type ApiBackend } from '../../src/api/routes.ts';
+import { FabricError, silentLogger } from '../../src/core/index.ts';
+
+async function serve(backend: ApiBackend): Promise<{ url: string; server: Server }> {
+  const server = createServer(createApiHandler(backend, { token: 'secret-token-0123456789', log: silentLogger }));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
+
+const auth = { authorization: 'Bearer secret-token-0123456789' };
+
+describe('API routes', () => {
+  test('401 without or with a wrong token, 200 with it', async () => {
+    const { url, server } = await serve({ status: () => { throw new Error('unused'); }, nodes: () => [], token: () => ({ token: 't' }) });
+    try {
+      expect((await fetch(`${url}/v1/nodes`)).status).toBe(401);
+      expect((await fetch(`${url}/v1/nodes`, { headers: { authorization: 'Bearer nope' } })).status).toBe(401);
+      expect((await fetch(`${url}/v1/nodes`, { headers: { authorization: 'Basic c2VjcmV0' } })).status).toBe(401);
+      const r = await fetch(`${url}/v1/nodes`, { headers: auth });
+      expect(r.status).toBe(200);
+      expect(await r.json()).toEqual({ nodes: [] });
+    } finally {
+      server.close();
+    }
+  });
+
+  test('unknown paths are 404, wrong methods 405, failures carry their code', async () => {
+    const { url, server } = await serve({
+      status: () => { throw new FabricError('NOT_FOUND', 'nothing'); },
+      nodes: () => { throw new Error('boom'); },
+      token: () => ({ token: 't' }),
+    });
+    try {
+      expect((await fetch(`${url}/v1/nope`, { headers: auth })).status).toBe(404);
+      expect((await fetch(`${url}/v1/nodes`, { method: 'DELETE', headers: auth })).status).toBe(405);
+      const s = await fetch(`${url}/v1/status`, { headers: auth });
+      expect(s.status).toBe(404);
+      expect(await s.json()).toEqual({ error: { code: 'NOT_FOUND', message: 'nothing' } });
+      const n = await fetch(`${url}/v1/nodes`, { headers: auth });
+      expect(n.status).toBe(500);
+      expect(((await n.json()) as { error: { code: string } }).error.code).toBe('INTERNAL');
+    } finally {
+      server.close();
+    }
+  });
+});
