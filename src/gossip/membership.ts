@@ -1,0 +1,619 @@
+/**
+ * The membership table: who is in the fabric, the newest verified NodeState of each, and
+ * whether each is alive, suspect or dead — SWIM-style failure detection driven by the Clock.
+ *
+ * Liveness evidence, from strongest to weakest:
+ * - a probe the peer answers (directly, or through a helper: SWIM's ping-req) — it is up now;
+ * - a heartbeat or state frame the peer broadcast itself ('direct');
+ * - the peer's state relayed by a third party ('relayed'): it proves life only when it is
+ *   newer than anything we heard before; an old copy served by anti-entropy proves nothing.
+ *
+ * A dead peer stays dead for its incarnation: frames of that incarnation (stale copies still
+ * relayed by others) never revive it. Only a strictly higher incarnation (the daemon
+ * restarted) or the peer itself answering one of our occasional re-probes brings it back;
+ * the latter is how both sides of a healed partition find each other again.
+ */
+import { FabricError, errorMessage, silentLogger, type Clock, type Logger, type Rng, type Timer } from '../core/index.ts';
+import type { Heartbeat } from './codec.ts';
+import type { GossipTransport } from './ports.ts';
+import { compareVersion, type NodeState, type StateVersion } from './state.ts';
+
+/**
+ * Timing of the gossip layer. All durations in milliseconds of the Clock.
+ *
+ * Why the defaults detect a dead peer well under 3 s yet shrug off lost heartbeats:
+ * - A peer heartbeats every 500 ms and is suspected only after 1500 ms of silence, i.e. after
+ *   three heartbeats in a row went missing: a lost packet or two never raises suspicion.
+ * - Suspicion is not death. The suspect is pinged directly (400 ms) and, failing that, through
+ *   3 random peers (another 400 ms): four independent network paths, and any answer clears it.
+ *   A slow peer that misses heartbeats but answers a probe is never declared dead.
+ * - Only a suspect that stayed suspect for at least 600 ms — so through one complete failed
+ *   probe round (or two direct probes, when no helper is alive) — is declared dead.
+ * - Worst case after a crash: its last heartbeat left at most 500 ms before; silence 1500 ms,
+ *   + up to 250 ms until the next detector tick, + 800 ms for the failed probe round ⇒ dead at
+ *   1.8–2.55 s after the crash (plus network latency), under 3 s on every peer independently.
+ *   When the crash closes the connection (the usual case), the transport's disconnect hint
+ *   starts the probe round at once and detection takes ~0.6–1 s.
+ */
+export interface GossipOptions {
+  /** How often a daemon broadcasts its heartbeat frame. */
+  heartbeatMs: number;
+  /** Silence after which a peer is suspected and probed. */
+  suspectAfterMs: number;
+  /** Period of the failure detector's silence check (and of its upkeep of dead peers). */
+  probeIntervalMs: number;
+  /** Deadline of a direct probe, and separately of the round of indirect probes. */
+  probeTimeoutMs: number;
+  /** How many random alive peers are asked to probe a suspect that missed a direct probe. */
+  indirectProbes: number;
+  /** Least time a peer stays suspect, with failing probes, before it is declared dead. */
+  suspicionTimeoutMs: number;
+  /** How long a dead peer stays listed (status dead) before it is forgotten. */
+  deadRetentionMs: number;
+  /**
+   * First delay before a dead peer is probed again (a direct probe only); the delay doubles
+   * after each unanswered re-probe up to `deadReprobeMaxMs`. An answer revives the peer, which
+   * is what reunites the two sides of a healed partition. 0 disables re-probing.
+   */
+  deadReprobeMs: number;
+  deadReprobeMaxMs: number;
+  /** The full signed state is rebroadcast this often, in place of one heartbeat (cheap repair). */
+  fullStateEveryMs: number;
+  /** Period of the anti-entropy pull from one random alive peer. */
+  antiEntropyMs: number;
+  /** Deadline of one anti-entropy pull. */
+  pullTimeoutMs: number;
+}
+
+export const DEFAULT_GOSSIP_OPTIONS: Readonly<GossipOptions> = Object.freeze({
+  heartbeatMs: 500,
+  suspectAfterMs: 1_500,
+  probeIntervalMs: 250,
+  probeTimeoutMs: 400,
+  indirectProbes: 3,
+  suspicionTimeoutMs: 600,
+  deadRetentionMs: 24 * 60 * 60 * 1_000,
+  deadReprobeMs: 10_000,
+  deadReprobeMaxMs: 5 * 60 * 1_000,
+  fullStateEveryMs: 10_000,
+  antiEntropyMs: 5_000,
+  pullTimeoutMs: 5_000,
+});
+
+/** Fills in defaults and refuses settings that would break the detector (or spin a timer at 0 ms). */
+export function resolveGossipOptions(overrides: Partial<GossipOptions> = {}): GossipOptions {
+  const options: GossipOptions = { ...DEFAULT_GOSSIP_OPTIONS };
+  for (const [key, value] of Object.entries(overrides) as [keyof GossipOptions, number | undefined][]) {
+    if (!Object.hasOwn(DEFAULT_GOSSIP_OPTIONS, key)) {
+      throw new FabricError('BAD_INPUT', `unknown gossip option ${key}`); // a typo would silently keep the default
+    }
+    if (value !== undefined) options[key] = value;
+  }
+  const positive: (keyof GossipOptions)[] = [
+    'heartbeatMs',
+    'suspectAfterMs',
+    'probeIntervalMs',
+    'probeTimeoutMs',
+    'suspicionTimeoutMs',
+    'deadRetentionMs',
+    'fullStateEveryMs',
+    'antiEntropyMs',
+    'pullTimeoutMs',
+  ];
+  for (const key of positive) {
+    if (!Number.isFinite(options[key]) || options[key] <= 0) {
+      throw new FabricError('BAD_INPUT', `gossip option ${key} must be a positive number, got ${options[key]}`);
+    }
+  }
+  if (!Number.isInteger(options.indirectProbes) || options.indirectProbes < 0) {
+    throw new FabricError('BAD_INPUT', `gossip option indirectProbes must be a whole number, got ${options.indirectProbes}`);
+  }
+  if (!(options.deadReprobeMs >= 0) || !(options.deadReprobeMaxMs >= options.deadReprobeMs)) {
+    throw new FabricError('BAD_INPUT', 'gossip options need 0 <= deadReprobeMs <= deadReprobeMaxMs');
+  }
+  if (options.suspectAfterMs <= options.heartbeatMs) {
+    throw new FabricError('BAD_INPUT', 'gossip option suspectAfterMs must exceed heartbeatMs, or every peer is suspected between beats');
+  }
+  return options;
+}
+
+export type MemberStatus = 'alive' | 'suspect' | 'dead';
+
+/** What one member looks like from here: a snapshot, safe to keep. */
+export interface MembershipEntry {
+  peerId: string;
+  /** True for this daemon's own entry, which is always alive. */
+  self: boolean;
+  /** Newest verified state; absent while only heartbeats were heard and the pull is under way. */
+  state: NodeState | undefined;
+  /** Highest version heard from the peer (heartbeat or state); may run ahead of `state`. */
+  version: StateVersion;
+  status: MemberStatus;
+  /** Local clock time of the last evidence that the peer was alive. */
+  lastHeardMs: number;
+  statusSinceMs: number;
+}
+
+/**
+ * `changed`: the stored state of `peerId` changed (new peer, or newer version).
+ * `status`: `peerId` appeared or moved between alive, suspect and dead.
+ * `removed`: a dead peer was forgotten after the retention period.
+ */
+export interface MembershipEvent {
+  type: 'changed' | 'status' | 'removed';
+  peerId: string;
+  status: MemberStatus;
+  state?: NodeState;
+}
+export type MembershipListener = (event: MembershipEvent) => void;
+
+/** Who vouches for a frame: the peer itself ('direct') or a third party relaying it ('relayed'). */
+export type Evidence = 'direct' | 'relayed';
+
+export type Prober = Pick<GossipTransport, 'probe' | 'probeVia'>;
+
+export interface MembershipDeps {
+  selfPeerId: string;
+  clock: Clock;
+  rng: Rng;
+  prober: Prober;
+  log?: Logger;
+  options?: Partial<GossipOptions>;
+}
+
+interface Entry {
+  peerId: string;
+  state: NodeState | undefined;
+  /** The signed frame `state` arrived in, relayed verbatim to peers that pull. */
+  signedFrame: Uint8Array | undefined;
+  version: StateVersion;
+  status: MemberStatus;
+  lastHeardMs: number;
+  statusSinceMs: number;
+  /** A probe round (or a dead peer's re-probe) is in flight: never two at once. */
+  probing: boolean;
+  nextReprobeMs: number;
+  reprobeDelayMs: number;
+}
+
+/**
+ * Runs `run` with an AbortSignal that fires after `ms` on `clock`. Resolves to its result, or
+ * to `fallback` on timeout, rejection or synchronous throw — it never rejects, even when the
+ * callee ignores the signal. `cancels` (optional) collects a canceller so `stop()` can end it.
+ */
+export function withDeadline<T>(
+  clock: Clock,
+  ms: number,
+  run: (signal: AbortSignal) => Promise<T>,
+  fallback: T,
+  cancels?: Set<() => void>,
+): Promise<T> {
+  const controller = new AbortController();
+  return new Promise<T>((resolve) => {
+    let settled = false;
+    let timer: Timer | undefined;
+    const settle = (value: T): void => {
+      if (settled) return;
+      settled = true;
+      timer?.cancel();
+      cancels?.delete(giveUp);
+      controller.abort(); // tells the callee to drop whatever it still has in flight
+      resolve(value);
+    };
+    const giveUp = (): void => settle(fallback);
+    timer = clock.setTimer(ms, giveUp);
+    cancels?.add(giveUp);
+    let pending: Promise<T>;
+    try {
+      pending = Promise.resolve(run(controller.signal));
+    } catch {
+      giveUp();
+      return;
+    }
+    pending.then(settle, giveUp);
+  });
+}
+
+/**
+ * Starts every attempt; true as soon as one resolves true, false once all resolved otherwise,
+ * rejected or threw. One broken attempt never keeps the others from running.
+ */
+function anyTrue(attempts: (() => Promise<boolean>)[]): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    let remaining = attempts.length;
+    if (remaining === 0) resolve(false);
+    for (const start of attempts) {
+      let attempt: Promise<boolean>;
+      try {
+        attempt = Promise.resolve(start());
+      } catch (err) {
+        attempt = Promise.reject(err);
+      }
+      attempt.then(
+        (answered) => {
+          if (answered === true) resolve(true);
+          else if (--remaining === 0) resolve(false);
+        },
+        () => {
+          if (--remaining === 0) resolve(false);
+        },
+      );
+    }
+  });
+}
+
+function versionOf(v: StateVersion): StateVersion {
+  return { incarnation: v.incarnation, seq: v.seq };
+}
+
+export class Membership {
+  readonly selfPeerId: string;
+  readonly options: GossipOptions;
+  readonly #clock: Clock;
+  readonly #rng: Rng;
+  readonly #prober: Prober;
+  readonly #log: Logger;
+  readonly #entries = new Map<string, Entry>();
+  readonly #listeners = new Set<MembershipListener>();
+  readonly #cancels = new Set<() => void>();
+  #tickTimer: Timer | undefined;
+  #running = false;
+  #suspicions = 0;
+  #falseSuspicions = 0;
+
+  constructor(deps: MembershipDeps) {
+    this.selfPeerId = deps.selfPeerId;
+    this.options = resolveGossipOptions(deps.options);
+    this.#clock = deps.clock;
+    this.#rng = deps.rng;
+    this.#prober = deps.prober;
+    this.#log = deps.log ?? silentLogger;
+    const now = this.#clock.now();
+    this.#entries.set(this.selfPeerId, this.#newEntry(this.selfPeerId, { incarnation: 0, seq: 0 }, now));
+  }
+
+  /** Peers suspected so far (each alive → suspect transition counts once). */
+  get suspicions(): number {
+    return this.#suspicions;
+  }
+
+  /** Suspicions that ended with the peer proving alive (answered a probe, or was heard again). */
+  get falseSuspicions(): number {
+    return this.#falseSuspicions;
+  }
+
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    this.#scheduleTick();
+  }
+
+  /** Stops the detector and ends probes in flight; their outcomes are then ignored. */
+  stop(): void {
+    this.#running = false;
+    this.#tickTimer?.cancel();
+    this.#tickTimer = undefined;
+    for (const cancel of [...this.#cancels]) cancel();
+  }
+
+  subscribe(listener: MembershipListener): () => void {
+    this.#listeners.add(listener);
+    return () => void this.#listeners.delete(listener);
+  }
+
+  /** Records this daemon's own (already signed) state. */
+  setSelf(state: NodeState, signedFrame?: Uint8Array): void {
+    const entry = this.#entries.get(this.selfPeerId)!;
+    entry.state = state;
+    entry.signedFrame = signedFrame;
+    entry.version = versionOf(state);
+    this.#emit({ type: 'changed', peerId: this.selfPeerId, status: 'alive', state });
+  }
+
+  /**
+   * Takes a verified state. Keeps it only when newer than the one held; counts as hearing from
+   * the peer under the rules at the top of this file. Returns whether the stored state changed.
+   */
+  observeState(state: NodeState, signedFrame?: Uint8Array, evidence: Evidence = 'direct'): boolean {
+    if (state.peerId === this.selfPeerId) return false; // we alone speak for ourselves
+    const incoming = versionOf(state);
+    const now = this.#clock.now();
+    const known = this.#entries.get(state.peerId);
+    if (known === undefined) {
+      const entry = this.#newEntry(state.peerId, incoming, now);
+      entry.state = state;
+      entry.signedFrame = signedFrame;
+      this.#entries.set(state.peerId, entry);
+      this.#emit({ type: 'status', peerId: entry.peerId, status: 'alive', state });
+      this.#emit({ type: 'changed', peerId: entry.peerId, status: 'alive', state });
+      return true;
+    }
+    this.#noteHeard(known, incoming, evidence, now);
+    const newer = known.state === undefined || compareVersion(incoming, known.state) > 0;
+    if (!newer) return false;
+    known.state = state;
+    known.signedFrame = signedFrame;
+    this.#emit({ type: 'changed', peerId: known.peerId, status: known.status, state });
+    return true;
+  }
+
+  /**
+   * Takes a verified heartbeat: liveness under the same rules as states. Returns whether it
+   * announces a version newer than the state held, i.e. whether the caller should pull.
+   */
+  observeHeartbeat(hb: Heartbeat, evidence: Evidence = 'direct'): boolean {
+    if (hb.peerId === this.selfPeerId) return false;
+    const incoming = versionOf(hb);
+    const now = this.#clock.now();
+    const known = this.#entries.get(hb.peerId);
+    if (known === undefined) {
+      const entry = this.#newEntry(hb.peerId, incoming, now);
+      this.#entries.set(hb.peerId, entry);
+      this.#emit({ type: 'status', peerId: entry.peerId, status: 'alive' });
+      return true;
+    }
+    if (incoming.incarnation < known.version.incarnation) return false; // from a previous life
+    this.#noteHeard(known, incoming, evidence, now);
+    return known.state === undefined || compareVersion(incoming, known.state) > 0;
+  }
+
+  /** A transport connection to `peerId` closed: suspect and probe it now instead of waiting for silence. */
+  hintDisconnected(peerId: string): void {
+    const entry = this.#entries.get(peerId);
+    if (entry === undefined || peerId === this.selfPeerId || !this.#running) return;
+    if (entry.status === 'alive') this.#suspect(entry, this.#clock.now());
+    if (entry.status === 'suspect') this.#startProbeRound(entry);
+  }
+
+  /** A transport connection to `peerId` opened: a peer we hold dead may be back, so re-probe it now. */
+  hintConnected(peerId: string): void {
+    const entry = this.#entries.get(peerId);
+    if (entry === undefined || entry.status !== 'dead' || !this.#running) return;
+    entry.reprobeDelayMs = this.options.deadReprobeMs;
+    this.#reprobeDead(entry);
+  }
+
+  get(peerId: string): MembershipEntry | undefined {
+    const entry = this.#entries.get(peerId);
+    return entry === undefined ? undefined : this.#snapshot(entry);
+  }
+
+  /** Every member, self included (always alive), dead ones until forgotten; sorted by peer id. */
+  list(): MembershipEntry[] {
+    return [...this.#entries.values()]
+      .map((entry) => this.#snapshot(entry))
+      .sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
+  }
+
+  /** Peers other than self currently believed alive. */
+  alivePeerIds(): string[] {
+    const ids: string[] = [];
+    for (const entry of this.#entries.values()) {
+      if (entry.status === 'alive' && entry.peerId !== this.selfPeerId) ids.push(entry.peerId);
+    }
+    return ids;
+  }
+
+  /**
+   * The signed state frames to hand a peer that pulls: our own and those of every peer not
+   * held dead (handing out a dead peer's last state would make the puller believe it alive).
+   */
+  signedFrames(): Uint8Array[] {
+    const frames: Uint8Array[] = [];
+    for (const entry of this.#entries.values()) {
+      if (entry.status !== 'dead' && entry.signedFrame !== undefined) frames.push(entry.signedFrame);
+    }
+    return frames;
+  }
+
+  #newEntry(peerId: string, version: StateVersion, now: number): Entry {
+    return {
+      peerId,
+      state: undefined,
+      signedFrame: undefined,
+      version,
+      status: 'alive',
+      lastHeardMs: now,
+      statusSinceMs: now,
+      probing: false,
+      nextReprobeMs: 0,
+      reprobeDelayMs: this.options.deadReprobeMs,
+    };
+  }
+
+  #snapshot(entry: Entry): MembershipEntry {
+    const isSelf = entry.peerId === this.selfPeerId;
+    return {
+      peerId: entry.peerId,
+      self: isSelf,
+      state: entry.state,
+      version: versionOf(entry.version),
+      status: entry.status,
+      lastHeardMs: isSelf ? this.#clock.now() : entry.lastHeardMs,
+      statusSinceMs: entry.statusSinceMs,
+    };
+  }
+
+  /** Applies one frame's worth of liveness evidence, then raises the highest version heard. */
+  #noteHeard(entry: Entry, incoming: StateVersion, evidence: Evidence, now: number): void {
+    const heard = entry.version;
+    if (incoming.incarnation < heard.incarnation) return; // a previous life proves nothing
+    if (entry.status === 'dead') {
+      // Only a restarted daemon revives a dead peer; stale frames of its old life are still relayed around.
+      if (incoming.incarnation > heard.incarnation) {
+        entry.lastHeardMs = now;
+        this.#setStatus(entry, 'alive', now);
+      }
+    } else if (evidence === 'direct' || compareVersion(incoming, heard) > 0) {
+      entry.lastHeardMs = now;
+      if (entry.status === 'suspect') {
+        this.#falseSuspicions++;
+        this.#setStatus(entry, 'alive', now);
+      }
+    }
+    if (compareVersion(incoming, heard) > 0) entry.version = incoming;
+  }
+
+  #setStatus(entry: Entry, status: MemberStatus, now: number): void {
+    if (entry.status === status) return;
+    entry.status = status;
+    entry.statusSinceMs = now;
+    if (status === 'dead') {
+      entry.reprobeDelayMs = this.options.deadReprobeMs;
+      entry.nextReprobeMs = now + entry.reprobeDelayMs;
+    }
+    this.#log.debug({ peerId: entry.peerId, status }, 'member status changed');
+    this.#emit({ type: 'status', peerId: entry.peerId, status, ...(entry.state ? { state: entry.state } : {}) });
+  }
+
+  #suspect(entry: Entry, now: number): void {
+    this.#suspicions++;
+    this.#setStatus(entry, 'suspect', now);
+  }
+
+  #emit(event: MembershipEvent): void {
+    for (const listener of [...this.#listeners]) {
+      try {
+        listener(event);
+      } catch (err) {
+        this.#log.warn({ err: errorMessage(err), peerId: event.peerId }, 'membership listener threw');
+      }
+    }
+  }
+
+  #scheduleTick(): void {
+    this.#tickTimer = this.#clock.setTimer(this.options.probeIntervalMs, () => {
+      if (!this.#running) return;
+      try {
+        this.#tick();
+      } catch (err) {
+        this.#log.error({ err: errorMessage(err) }, 'failure detector tick failed');
+      }
+      this.#scheduleTick();
+    });
+  }
+
+  #tick(): void {
+    const now = this.#clock.now();
+    for (const entry of [...this.#entries.values()]) {
+      if (entry.peerId === this.selfPeerId) continue;
+      switch (entry.status) {
+        case 'alive':
+          if (now - entry.lastHeardMs > this.options.suspectAfterMs) {
+            this.#suspect(entry, now);
+            this.#startProbeRound(entry);
+          }
+          break;
+        case 'suspect':
+          this.#startProbeRound(entry); // keeps probing until it answers or is declared dead
+          break;
+        case 'dead':
+          if (now - entry.statusSinceMs >= this.options.deadRetentionMs) {
+            this.#entries.delete(entry.peerId);
+            this.#emit({ type: 'removed', peerId: entry.peerId, status: 'dead' });
+          } else if (this.options.deadReprobeMs > 0 && now >= entry.nextReprobeMs) {
+            this.#reprobeDead(entry);
+          }
+          break;
+      }
+    }
+  }
+
+  #isCurrent(entry: Entry): boolean {
+    return this.#running && this.#entries.get(entry.peerId) === entry;
+  }
+
+  /**
+   * Probes a suspect until it answers (alive again) or has been suspect for
+   * suspicionTimeoutMs with every round failing (dead). Rounds run back to back, each at least
+   * probeTimeoutMs apart so that probes failing fast (connection refused) do not spin.
+   */
+  #startProbeRound(entry: Entry): void {
+    if (entry.probing) return;
+    entry.probing = true;
+    void this.#probeUntilDecided(entry)
+      .catch((err: unknown) => this.#log.error({ err: errorMessage(err), peerId: entry.peerId }, 'probing failed'))
+      .finally(() => {
+        entry.probing = false;
+      });
+  }
+
+  async #probeUntilDecided(entry: Entry): Promise<void> {
+    const suspectedSince = entry.statusSinceMs;
+    const { probeTimeoutMs, suspicionTimeoutMs } = this.options;
+    for (;;) {
+      const roundStartedMs = this.#clock.now();
+      const answered = await this.#probeRound(entry);
+      if (!this.#isCurrent(entry)) return;
+      const now = this.#clock.now();
+      if (answered) entry.lastHeardMs = now;
+      // Heard from meanwhile, or suspected anew: that suspicion gets its own rounds.
+      if (entry.status !== 'suspect' || entry.statusSinceMs !== suspectedSince) return;
+      if (answered) {
+        this.#falseSuspicions++;
+        this.#setStatus(entry, 'alive', now);
+        return;
+      }
+      if (now - suspectedSince >= suspicionTimeoutMs) {
+        this.#log.info({ peerId: entry.peerId, silentMs: now - entry.lastHeardMs }, 'peer declared dead');
+        this.#setStatus(entry, 'dead', now);
+        return;
+      }
+      const pauseMs = roundStartedMs + probeTimeoutMs - now;
+      if (pauseMs > 0) {
+        await withDeadline(this.#clock, pauseMs, () => new Promise<void>(() => {}), undefined, this.#cancels);
+        if (!this.#isCurrent(entry)) return;
+      }
+    }
+  }
+
+  async #probeRound(entry: Entry): Promise<boolean> {
+    const target = entry.peerId;
+    const { probeTimeoutMs, indirectProbes } = this.options;
+    const direct = await withDeadline(
+      this.#clock,
+      probeTimeoutMs,
+      (signal) => this.#prober.probe(target, signal),
+      false,
+      this.#cancels,
+    );
+    if (direct === true) return true;
+    if (!this.#isCurrent(entry) || entry.status !== 'suspect') return false;
+    const helpers = this.#rng.sample(
+      this.alivePeerIds().filter((id) => id !== target),
+      indirectProbes,
+    );
+    if (helpers.length === 0) return false;
+    return withDeadline(
+      this.#clock,
+      probeTimeoutMs,
+      (signal) => anyTrue(helpers.map((helper) => () => this.#prober.probeVia(helper, target, signal))),
+      false,
+      this.#cancels,
+    );
+  }
+
+  /** A dead peer gets a rare direct probe; an answer means it is up now, whatever frames say. */
+  #reprobeDead(entry: Entry): void {
+    if (entry.probing) return;
+    entry.probing = true;
+    const { probeTimeoutMs, deadReprobeMaxMs } = this.options;
+    void withDeadline(this.#clock, probeTimeoutMs, (signal) => this.#prober.probe(entry.peerId, signal), false, this.#cancels)
+      .then((answered) => {
+        if (!this.#isCurrent(entry) || entry.status !== 'dead') return;
+        const now = this.#clock.now();
+        if (answered === true) {
+          this.#log.info({ peerId: entry.peerId }, 'dead peer answered a probe; alive again');
+          entry.lastHeardMs = now;
+          this.#setStatus(entry, 'alive', now);
+        } else {
+          entry.reprobeDelayMs = Math.min(deadReprobeMaxMs, Math.max(1, entry.reprobeDelayMs * 2));
+          entry.nextReprobeMs = now + entry.reprobeDelayMs;
+        }
+      })
+      .catch((err: unknown) => this.#log.error({ err: errorMessage(err) }, 're-probe failed'))
+      .finally(() => {
+        entry.probing = false;
+      });
+  }
+}
