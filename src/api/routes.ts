@@ -5,21 +5,54 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import { FabricError, errorMessage, type Logger } from '../core/index.ts';
-import type { NodeView, StatusResponse, TokenResponse } from './schemas.ts';
+import type { z } from 'zod';
+import { LabelsChangeSchema, type LabelsChange, type NodeView, type StatusResponse, type TokenResponse } from './schemas.ts';
 
 export interface ApiBackend {
   status(): StatusResponse;
   nodes(): NodeView[];
   token(): TokenResponse;
+  /** Changes this daemon's own labels; the new state is gossiped at once. */
+  changeLabels(change: LabelsChange): Promise<NodeView>;
 }
 
-type Route = { method: string; path: string; run: (backend: ApiBackend) => unknown };
+const MAX_BODY_BYTES = 1024 * 1024;
+
+type Route = {
+  method: string;
+  path: string;
+  /** The request body's schema; routes without one take no body. */
+  body?: z.ZodType<unknown>;
+  run: (backend: ApiBackend, body: unknown) => unknown;
+};
 
 const ROUTES: readonly Route[] = [
   { method: 'GET', path: '/v1/status', run: (b) => b.status() },
   { method: 'GET', path: '/v1/nodes', run: (b) => ({ nodes: b.nodes() }) },
   { method: 'GET', path: '/v1/token', run: (b) => b.token() },
+  { method: 'POST', path: '/v1/self/labels', body: LabelsChangeSchema, run: async (b, body) => ({ node: await b.changeLabels(body as LabelsChange) }) },
 ];
+
+async function readBody(req: IncomingMessage, schema: z.ZodType<unknown>): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw new FabricError('BAD_INPUT', `request body is larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new FabricError('BAD_INPUT', 'request body is not valid JSON');
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    throw new FabricError('BAD_INPUT', parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; '));
+  }
+  return parsed.data;
+}
 
 const STATUS_BY_CODE: Partial<Record<FabricError['code'], number>> = {
   BAD_INPUT: 400,
@@ -59,13 +92,16 @@ export function createApiHandler(backend: ApiBackend, opts: { token: string; log
       else sendError(res, 404, 'NOT_FOUND', `no such endpoint: ${url.pathname}`);
       return;
     }
-    try {
-      sendJson(res, 200, route.run(backend));
-    } catch (err) {
-      const code = err instanceof FabricError ? err.code : 'INTERNAL';
-      const status = (err instanceof FabricError && STATUS_BY_CODE[err.code]) || 500;
-      if (status === 500) opts.log.error({ err: errorMessage(err), path: url.pathname }, 'API handler failed');
-      sendError(res, status, code, errorMessage(err));
-    }
+    void (async () => {
+      try {
+        const body = route.body ? await readBody(req, route.body) : undefined;
+        sendJson(res, 200, await route.run(backend, body));
+      } catch (err) {
+        const code = err instanceof FabricError ? err.code : 'INTERNAL';
+        const status = (err instanceof FabricError && STATUS_BY_CODE[err.code]) || 500;
+        if (status === 500) opts.log.error({ err: errorMessage(err), path: url.pathname }, 'API handler failed');
+        if (!res.headersSent) sendError(res, status, code, errorMessage(err));
+      }
+    })();
   };
 }

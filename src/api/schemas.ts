@@ -1,6 +1,7 @@
 /** The HTTP API's contract: response and request shapes shared by the daemon, the client and (later) the UI. */
 import { z } from 'zod';
 import { DeviceSchema, HostSchema, LinkSchema } from '../devices/model.ts';
+import { LabelsSchema } from '../gossip/state.ts';
 
 export const PeerStatusSchema = z.enum(['alive', 'suspect', 'dead']);
 export type PeerStatus = z.infer<typeof PeerStatusSchema>;
@@ -54,3 +55,11 @@ export type TokenResponse = z.infer<typeof TokenResponseSchema>;
 
 export const ErrorResponseSchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
 export type ErrorResponse = z.infer<typeof ErrorResponseSchema>;
+
+export const LabelsChangeSchema = z.object({
+  set: LabelsSchema.default({}),
+  remove: z.array(z.string().max(63)).max(64).default([]),
+});
+export type LabelsChange = z.infer<typeof LabelsChangeSchema>;
+
+export const NodeResponseSchema = z.object({ node: NodeViewSchema });

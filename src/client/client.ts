@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { z } from 'zod';
 import { FabricError, errorMessage } from '../core/index.ts';
 import { API_FILE_NAME, ApiFileSchema, type ApiFile } from '../api/endpoint.ts';
-import { ErrorResponseSchema, NodesResponseSchema, StatusResponseSchema, TokenResponseSchema } from '../api/schemas.ts';
+import { ErrorResponseSchema, NodeResponseSchema, NodesResponseSchema, StatusResponseSchema, TokenResponseSchema, type LabelsChange } from '../api/schemas.ts';
 
 export class FabricClient {
   readonly #api: ApiFile;
@@ -45,19 +45,32 @@ export class FabricClient {
     return (await this.#get('/v1/token', TokenResponseSchema)).token;
   }
 
-  async #get<T>(path: string, schema: z.ZodType<T>): Promise<T> {
+  async changeLabels(change: Partial<LabelsChange>) {
+    return (await this.#request('POST', '/v1/self/labels', NodeResponseSchema, change)).node;
+  }
+
+  #get<T>(path: string, schema: z.ZodType<T>): Promise<T> {
+    return this.#request('GET', path, schema);
+  }
+
+  async #request<T>(method: string, path: string, schema: z.ZodType<T>, body?: unknown): Promise<T> {
     let res: Response;
     try {
-      res = await fetch(this.#api.url + path, { headers: { authorization: `Bearer ${this.#api.token}` }, signal: AbortSignal.timeout(10_000) });
+      res = await fetch(this.#api.url + path, {
+        method,
+        headers: { authorization: `Bearer ${this.#api.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        signal: AbortSignal.timeout(10_000),
+      });
     } catch (err) {
       throw new FabricError('DAEMON_UNREACHABLE', `the daemon at ${this.#api.url} does not answer (${errorMessage(err instanceof Error && err.cause ? err.cause : err)}); is it running?`);
     }
-    const body: unknown = await res.json().catch(() => undefined);
+    const payload: unknown = await res.json().catch(() => undefined);
     if (!res.ok) {
-      const e = ErrorResponseSchema.safeParse(body);
-      throw new FabricError(res.status === 401 ? 'UNAUTHORIZED' : 'INTERNAL', e.success ? e.data.error.message : `HTTP ${res.status} from ${path}`);
+      const e = ErrorResponseSchema.safeParse(payload);
+      throw new FabricError(res.status === 401 ? 'UNAUTHORIZED' : res.status === 400 ? 'BAD_INPUT' : 'INTERNAL', e.success ? e.data.error.message : `HTTP ${res.status} from ${path}`);
     }
-    const parsed = schema.safeParse(body);
+    const parsed = schema.safeParse(payload);
     if (!parsed.success) throw new FabricError('INTERNAL', `unexpected response from ${path}: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
     return parsed.data;
   }

@@ -1,12 +1,33 @@
 /** The CLI commands that talk to a running daemon through its HTTP API. */
 import type { Command } from 'commander';
+import { z } from 'zod';
 import { FabricClient } from './client.ts';
-import { action, addDataDirOption, dataDirOf, printJson } from './cli-kit.ts';
+import { action, addDataDirOption, dataDirOf, parseFlags, printJson } from './cli-kit.ts';
 import { formatAge, nodesTable, table } from './format.ts';
 
 type CommonFlags = { dataDir?: string; json?: boolean };
 
+const LabelPair = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}=.{0,255}$/, 'labels are key=value');
+
 export function registerClientCommands(program: Command): void {
+  const label = program.command('label').description("change this daemon's labels at runtime; peers see the change within a second");
+  addDataDirOption(label.command('set').description('set labels').argument('<key=value...>', 'labels to set').option('--json', 'print the node as JSON')).action(
+    action(async (pairs: string[], flags: CommonFlags) => {
+      const valid = parseFlags(z.object({ labels: z.array(LabelPair).min(1) }), { labels: pairs }).labels;
+      const set = Object.fromEntries(valid.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+      const node = await FabricClient.fromDataDir(dataDirOf(flags)).changeLabels({ set });
+      if (flags.json) printJson(node);
+      else process.stdout.write(`${Object.entries(node.labels).map(([k, v]) => `${k}=${v}`).join('\n')}\n`);
+    }),
+  );
+  addDataDirOption(label.command('rm').description('remove labels').argument('<key...>', 'label keys to remove').option('--json', 'print the node as JSON')).action(
+    action(async (keys: string[], flags: CommonFlags) => {
+      const node = await FabricClient.fromDataDir(dataDirOf(flags)).changeLabels({ remove: keys });
+      if (flags.json) printJson(node);
+      else process.stdout.write(`${Object.entries(node.labels).map(([k, v]) => `${k}=${v}`).join('\n')}\n`);
+    }),
+  );
+
   addDataDirOption(
     program
       .command('nodes')

@@ -80,6 +80,7 @@ async function runDaemonForeground(dataDir: string, logLevel: LogLevel, banner: 
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
+    process.on('SIGHUP', () => void daemon.rediscoverNow()); // re-read GPUs now, e.g. after a MIG change
   });
 }
 

@@ -11,14 +11,15 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { publicKeyFromProtobuf } from '@libp2p/crypto/keys';
 import { FabricError, errorMessage, type Logger } from '../core/index.ts';
 import type { Inventory } from '../devices/model.ts';
-import { discoverInventory, type ToolCommand } from '../devices/probe/discover.ts';
+import { discoverInventory, type DiscoverOptions } from '../devices/probe/discover.ts';
 import { readHostInfo } from '../devices/probe/host.ts';
 import { simulatedTools } from '../devices/fake/profiles.ts';
 import { GossipService } from '../gossip/service.ts';
 import type { NodeState } from '../gossip/state.ts';
 import type { Verify } from '../gossip/ports.ts';
+import type { MembershipListener } from '../gossip/membership.ts';
 import { createApiHandler } from '../api/routes.ts';
-import type { NodeView, StatusResponse } from '../api/schemas.ts';
+import type { LabelsChange, NodeView, StatusResponse } from '../api/schemas.ts';
 import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
 import { loadIdentityKey, loadSwarmKey } from './identity.ts';
@@ -164,8 +165,8 @@ export class Daemon {
     this.#gossip.subscribe(() => this.#schedulePersist());
 
     await host.start();
-    this.#gossip.updateSelf((s) => ({ ...s, addrs: this.#selfAddrs() }));
-    this.#gossip.start();
+    await this.#gossip.updateSelf((s) => ({ ...s, addrs: this.#selfAddrs() }));
+    await this.#gossip.start();
     await this.#startApi();
     this.#persistNow();
 
@@ -210,10 +211,10 @@ export class Daemon {
       const current = this.#gossip.selfState().inventory;
       if (JSON.stringify(current) !== JSON.stringify(inventory)) {
         this.#log.info({ devices: inventory.devices.length }, 'inventory changed');
-        this.#gossip.updateSelf((s) => ({ ...s, inventory }));
+        await this.#gossip.updateSelf((s) => ({ ...s, inventory }));
       }
       const addrs = this.#selfAddrs();
-      if (JSON.stringify(addrs) !== JSON.stringify(this.#gossip.selfState().addrs)) this.#gossip.updateSelf((s) => ({ ...s, addrs }));
+      if (JSON.stringify(addrs) !== JSON.stringify(this.#gossip.selfState().addrs)) await this.#gossip.updateSelf((s) => ({ ...s, addrs }));
     } catch (err) {
       this.#log.warn({ err: errorMessage(err) }, 'rediscovery failed');
     }
@@ -222,7 +223,7 @@ export class Daemon {
   async #startApi(): Promise<void> {
     const token = randomBytes(24).toString('hex');
     const handler = createApiHandler(
-      { status: () => this.status(), nodes: () => this.nodes(), token: () => ({ token: this.joinToken() }) },
+      { status: () => this.status(), nodes: () => this.nodes(), token: () => ({ token: this.joinToken() }), changeLabels: (c) => this.changeLabels(c) },
       { token, log: this.#log.child({ module: 'api' }) },
     );
     const server = createServer(handler);
@@ -257,6 +258,27 @@ export class Daemon {
     } catch (err) {
       this.#log.warn({ err: errorMessage(err) }, 'cannot persist daemon state');
     }
+  }
+
+  /** Changes free-form labels, persists them in config.json and gossips the new state at once. */
+  async changeLabels(change: LabelsChange): Promise<NodeView> {
+    const extra = { ...this.config.labels.extra, ...change.set };
+    for (const k of change.remove) delete extra[k];
+    if (Object.keys(extra).length > 64) throw new FabricError('BAD_INPUT', 'a node carries at most 64 labels');
+    this.config.labels.extra = extra;
+    writeJsonFile(this.paths.config, this.config);
+    await this.#gossip.updateSelf((s) => ({ ...s, labels: { ...s.labels, extra } }));
+    return nodeView(this.#gossip.membership.get(this.peerId)!, this.peerId, systemClock.now());
+  }
+
+  /** Runs GPU discovery again now (SIGHUP does the same). */
+  rediscoverNow(): Promise<void> {
+    return this.#rediscover();
+  }
+
+  /** Membership events of this daemon's view (a peer's state changed, or its alive/suspect/dead status); returns the unsubscribe. */
+  onMembership(listener: MembershipListener): () => void {
+    return this.#gossip.subscribe(listener);
   }
 
   joinToken(): string {
@@ -311,14 +333,13 @@ export class Daemon {
 
 /** Runs GPU discovery with the tools this daemon is configured for (real, another path, or simulated). */
 export async function discover(config: DaemonConfig, peerId: string, log: Logger): Promise<Inventory> {
-  let nvidiaSmi: ToolCommand | undefined;
-  let rocmSmi: ToolCommand | undefined;
+  let tools: Pick<DiscoverOptions, 'nvidiaSmi' | 'rocmSmi' | 'rocminfo'> = {};
   if (config.simulateGpus !== undefined) {
-    ({ nvidiaSmi, rocmSmi } = simulatedTools(config.simulateGpus, peerId));
+    tools = simulatedTools(config.simulateGpus, peerId);
   } else {
     const nv = config.nvidiaSmi ?? process.env['FABRIC_NVIDIA_SMI'];
-    if (nv !== undefined) nvidiaSmi = { file: nv, prefixArgs: [] };
-    if (config.rocmSmi !== undefined) rocmSmi = { file: config.rocmSmi, prefixArgs: [] };
+    if (nv !== undefined) tools.nvidiaSmi = { file: nv, prefixArgs: [] };
+    if (config.rocmSmi !== undefined) tools.rocmSmi = { file: config.rocmSmi, prefixArgs: [] };
   }
-  return discoverInventory({ run: runTool, host: readHostInfo(), log, ...(nvidiaSmi ? { nvidiaSmi } : {}), ...(rocmSmi ? { rocmSmi } : {}) });
+  return discoverInventory({ run: runTool, host: readHostInfo(), log, ...tools });
 }

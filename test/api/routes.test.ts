@@ -14,7 +14,7 @@ const auth = { authorization: 'Bearer secret-token-0123456789' };
 
 describe('API routes', () => {
   test('401 without or with a wrong token, 200 with it', async () => {
-    const { url, server } = await serve({ status: () => { throw new Error('unused'); }, nodes: () => [], token: () => ({ token: 't' }) });
+    const { url, server } = await serve({ status: () => { throw new Error('unused'); }, nodes: () => [], token: () => ({ token: 't' }), changeLabels: () => { throw new Error('unused'); } });
     try {
       expect((await fetch(`${url}/v1/nodes`)).status).toBe(401);
       expect((await fetch(`${url}/v1/nodes`, { headers: { authorization: 'Bearer nope' } })).status).toBe(401);
@@ -32,6 +32,7 @@ describe('API routes', () => {
       status: () => { throw new FabricError('NOT_FOUND', 'nothing'); },
       nodes: () => { throw new Error('boom'); },
       token: () => ({ token: 't' }),
+      changeLabels: async (c) => ({ peerId: JSON.stringify(c) }) as never,
     });
     try {
       expect((await fetch(`${url}/v1/nope`, { headers: auth })).status).toBe(404);
@@ -42,6 +43,17 @@ describe('API routes', () => {
       const n = await fetch(`${url}/v1/nodes`, { headers: auth });
       expect(n.status).toBe(500);
       expect(((await n.json()) as { error: { code: string } }).error.code).toBe('INTERNAL');
+      const post = (body: string) => fetch(`${url}/v1/self/labels`, { method: 'POST', headers: auth, body });
+      const bad = await post('{"set": {"": "x"}, "remove": "nope"}');
+      expect(bad.status).toBe(400);
+      const msg = ((await bad.json()) as { error: { message: string } }).error.message;
+      expect(msg).toMatch(/set/);
+      expect(msg).toMatch(/remove/);
+      expect((await post('not json')).status).toBe(400);
+      expect((await post('x'.repeat(2 * 1024 * 1024))).status).toBe(400);
+      const good = await post('{"set": {"rack": "r1"}}');
+      expect(good.status).toBe(200);
+      expect(await good.json()).toEqual({ node: { peerId: JSON.stringify({ set: { rack: 'r1' }, remove: [] }) } });
     } finally {
       server.close();
     }

@@ -70,6 +70,24 @@ describe('a five-daemon fabric on loopback', () => {
     expect(new Set(uuids).size).toBe(uuids.length);
   });
 
+  test('a label change on one daemon reaches every other daemon', async () => {
+    const d = daemons.get('d')!;
+    const r = await d.cli(['label', 'set', 'maintenance=soon', 'tier=gold']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('tier=gold');
+    for (const [name, other] of daemons) {
+      await waitFor(`${name} to see the new labels`, async () => {
+        const v = (await other.nodes()).find((n) => n.peerId === peerIds.get('d'));
+        return v?.labels['tier'] === 'gold' && v.labels['maintenance'] === 'soon' ? true : undefined;
+      }, 10_000);
+    }
+    expect((await d.cli(['label', 'rm', 'maintenance'])).code).toBe(0);
+    await waitFor('a to see the label removed', async () => ((await daemons.get('a')!.nodes()).find((n) => n.peerId === peerIds.get('d'))?.labels['maintenance'] === undefined) || undefined, 10_000);
+    const bad = await d.cli(['label', 'set', 'no-equals-sign']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/key=value/);
+  });
+
   test('the human table shows one row per peer with its GPUs', async () => {
     const r = await daemons.get('b')!.cli(['nodes']);
     expect(r.code).toBe(0);
