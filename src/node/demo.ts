@@ -63,7 +63,9 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
 
   const start = async (name: string, args: string[]): Promise<FabricClient> => {
     const dataDir = join(root, name);
-    const child = spawn(process.execPath, [MAIN, ...args, '--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0', '--api-port', '0', '--log-level', 'error'], {
+    // `agent` reads its addresses from the data dir that init/join wrote
+    const addresses = args[0] === 'agent' ? [] : ['--listen', '/ip4/127.0.0.1/tcp/0', '--api-port', '0'];
+    const child = spawn(process.execPath, [MAIN, ...args, '--data-dir', dataDir, ...addresses, '--log-level', 'error'], {
       stdio: ['ignore', 'ignore', 'inherit'],
     });
     children.set(name, child);
