@@ -10,18 +10,7 @@ import {
   parseNvidiaSmiList,
   parseNvidiaSmiText,
 } from '../../src/devices/probe/nvidia-text.ts';
-import { allMatches, listFixtures, readFixture } from './fixtures.ts';
-
-function expectDiscoveryError(fn: () => unknown, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(isFabricError(caught, 'DISCOVERY_FAILED'), String(caught)).toBe(true);
-  expect((caught as Error).message).toMatch(message);
-}
+import { allMatches, expectDiscoveryError, listFixtures, readFixture } from './fixtures.ts';
 
 /** The `nvidia-smi -a` reports of multi-GPU machines: every GPU is the same model. */
 const MULTI_GPU: Record<string, { count: number; model: string; memoryMiB: number; architecture: string }> = {

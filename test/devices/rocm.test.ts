@@ -12,18 +12,7 @@ import {
   toAmdDevices,
   toAmdLinks,
 } from '../../src/devices/probe/rocm.ts';
-import { allMatches, listFixtures, readFixture } from './fixtures.ts';
-
-function expectDiscoveryError(fn: () => unknown, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(isFabricError(caught, 'DISCOVERY_FAILED'), String(caught)).toBe(true);
-  expect((caught as Error).message).toMatch(message);
-}
+import { allMatches, expectDiscoveryError, listFixtures, readFixture } from './fixtures.ts';
 
 /** What each telegraf rocm-smi JSON sample holds. VRAM 34342961152 B = 32752 MiB, 12868124672 B = 12272 MiB. */
 const JSON_SAMPLES: Record<string, { uuids: string[]; model: string; memoryMiB: number; pci: string[]; numa: number; gfx?: string; linkRecords: number }> = {
