@@ -1,5 +1,4 @@
 import { describe, expect, test } from 'vitest';
-import { isFabricError } from '../../src/core/index.ts';
 import { splitCaptureSections } from '../../src/devices/fake/captures.ts';
 import { migProfileGigabytes, migProfileSlices, migSlicesFromSmCount } from '../../src/devices/probe/nvidia-common.ts';
 import { COMPUTE_CAP_FIELDS, mergeComputeCapability, parseNvidiaQueryGpuCsv } from '../../src/devices/probe/nvidia-csv.ts';

@@ -1,5 +1,4 @@
 import { describe, expect, test } from 'vitest';
-import { isFabricError } from '../../src/core/index.ts';
 import {
   mergeRocmConcise,
   mergeRocminfo,
