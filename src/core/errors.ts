@@ -15,7 +15,16 @@ export type ErrorCode =
   | 'DAEMON_UNREACHABLE'
   | 'TIMEOUT'
   | 'ABORTED'
-  | 'INTERNAL';
+  | 'INTERNAL'
+  // Raft (src/consensus): no leader to take the request; the leader refused a proposal;
+  // a log read below the first or beyond the last index; a snapshot older than the one held.
+  | 'NOT_LEADER'
+  | 'PROPOSAL_DROPPED'
+  | 'LOG_COMPACTED'
+  | 'LOG_UNAVAILABLE'
+  | 'SNAPSHOT_OUT_OF_DATE'
+  // The durable Raft log (src/node/raft-store.ts) failed its checksums or consistency checks at start-up.
+  | 'CORRUPT_STORAGE';
 
 export class FabricError extends Error {
   readonly code: ErrorCode;
