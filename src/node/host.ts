@@ -48,6 +48,12 @@ export async function createHost(opts: HostOptions): Promise<FabricHost> {
         emitSelf: false,
         heartbeatInterval: 700,
         maxInboundDataLength: 512 * 1024,
+        // Gossipsub's IP-colocation penalty (P6: -5 × (peers on one IP - 10)²) takes every peer
+        // out of the mesh once more than 10 share an address, and graylists them all (nothing is
+        // delivered) past 13: a fabric on one host, or behind one NAT, went deaf at 14 daemons.
+        // The swarm key already keeps strangers out, so the Sybil guard buys nothing here.
+        scoreParams: { IPColocationFactorWeight: 0 },
+        ...(JSON.parse(process.env['FABRIC_EXP_GOSSIPSUB'] ?? '{}') as object), // EXPERIMENT ONLY
       }),
     },
   });

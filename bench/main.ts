@@ -1,0 +1,75 @@
+/**
+ * `npm run bench -- NAME [--json] [flags]`: runs one benchmark (DESIGN.md, "Benchmarks: one
+ * contract"). Progress goes to stderr. With `--json` the last line on stdout is one JSON object
+ * of the figures; without it stdout gets a readable table. Benchmarks measure and assert nothing.
+ */
+import { GOSSIP_USAGE, gossipTable, parseGossipArgs, runGossipBench } from './gossip.ts';
+
+interface Bench {
+  name: string;
+  what: string;
+  /** Set while the benchmark waits for the issue that builds what it measures. */
+  notBuilt?: number;
+  usage?: string;
+  run?: (args: string[], json: boolean) => Promise<{ figures: Record<string, unknown>; table: string }>;
+}
+
+const progress = (line: string): void => void process.stderr.write(`${line}\n`);
+
+const BENCHES: Bench[] = [
+  {
+    name: 'gossip',
+    what: 'N daemons; one changes its inventory / one is killed',
+    usage: GOSSIP_USAGE,
+    run: async (args) => {
+      const figures = await runGossipBench(parseGossipArgs(args), { progress });
+      return { figures, table: gossipTable(figures) };
+    },
+  },
+  { name: 'raft', what: 'leader killed repeatedly; commits under load', notBuilt: 3 },
+  { name: 'placement', what: 'trace replay (FGD setup) and raw speed', notBuilt: 4 },
+  { name: 'replication', what: 'checkpoint bytes to peers vs raw TCP in the same run', notBuilt: 5 },
+  { name: 'recovery', what: 'host of a checkpointing job killed', notBuilt: 5 },
+];
+
+function list(): string {
+  return BENCHES.map((b) => `  ${b.name.padEnd(12)} ${b.what}${b.notBuilt !== undefined ? ` (not built yet, issue ${b.notBuilt})` : ''}`).join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const json = argv.includes('--json');
+  const rest = argv.filter((a) => a !== '--json');
+  const name = rest[0];
+  if (name === undefined || name === '--help' || name === '-h') {
+    process.stderr.write(`usage: npm run bench -- NAME [--json] [flags]\nbenchmarks:\n${list()}\n`);
+    return name === undefined ? 2 : 0;
+  }
+  const bench = BENCHES.find((b) => b.name === name);
+  if (bench === undefined) {
+    process.stderr.write(`bench: unknown benchmark ${JSON.stringify(name)}; known:\n${list()}\n`);
+    return 2;
+  }
+  if (bench.run === undefined) {
+    process.stderr.write(`bench: ${bench.name}: not built yet (issue ${bench.notBuilt})\n`);
+    return 2;
+  }
+  const args = rest.slice(1);
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`${bench.usage ?? `npm run bench -- ${bench.name} [--json]`}\n`);
+    return 0;
+  }
+  let result: { figures: Record<string, unknown>; table: string };
+  try {
+    result = await bench.run(args, json);
+  } catch (err) {
+    process.stderr.write(`bench: ${bench.name}: ${err instanceof Error ? err.message : String(err)}\n`);
+    if (bench.usage !== undefined && err instanceof TypeError && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`${bench.usage}\n`);
+    }
+    return 1;
+  }
+  process.stdout.write(json ? `${JSON.stringify(result.figures)}\n` : `${result.table}\n`);
+  return 0;
+}
+
+process.exitCode = await main(process.argv.slice(2));
