@@ -32,7 +32,7 @@ export interface DaemonSpec {
 
 export type ToWorker =
   | { t: 'init'; spec: DaemonSpec; logLevel: LogLevel; rediscoverMs: number }
-  | { t: 'join'; specs: DaemonSpec[]; token: string; logLevel: LogLevel; rediscoverMs: number; concurrency: number }
+  | { t: 'join'; spec: DaemonSpec; token: string; logLevel: LogLevel; rediscoverMs: number }
   | { t: 'change'; id: number; name: string; value: string }
   | { t: 'query'; id: number; resetLoopDelay: boolean }
   | { t: 'stop' };
@@ -63,7 +63,7 @@ export interface ProcessSummary {
 
 export type FromWorker =
   | { t: 'ready'; pid: number }
-  | { t: 'up'; name: string; peerId: string; token: string | undefined }
+  | { t: 'up'; name: string; peerId: string; token: string }
   | { t: 'failed'; name: string; error: string }
   | { t: 'seen'; observer: string; peerId: string; value: string; ts: number }
   | { t: 'status'; observer: string; peerId: string; status: 'alive' | 'suspect' | 'dead'; ts: number }
@@ -119,7 +119,7 @@ async function startDaemon(spec: DaemonSpec, logLevel: LogLevel, rediscoverMs: n
     }
     daemons.set(spec.name, daemon);
     watch(spec.name, daemon);
-    send({ t: 'up', name: spec.name, peerId: daemon.peerId, token: token === undefined ? daemon.joinToken() : undefined });
+    send({ t: 'up', name: spec.name, peerId: daemon.peerId, token: daemon.joinToken() });
   } catch (err) {
     send({ t: 'failed', name: spec.name, error: errorText(err) });
   }
@@ -141,14 +141,6 @@ function watch(name: string, daemon: Daemon): void {
     lastValue.set(event.peerId, value);
     send({ t: 'seen', observer: name, peerId: event.peerId, value, ts });
   });
-}
-
-async function runWithConcurrency<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const lanes = Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, async () => {
-    while (next < items.length && !stopping) await fn(items[next++]!);
-  });
-  await Promise.all(lanes);
 }
 
 function summarize(resetLoopDelay: boolean): ProcessSummary {
@@ -207,7 +199,7 @@ process.on('message', (raw) => {
       void startDaemon(msg.spec, msg.logLevel, msg.rediscoverMs, undefined);
       break;
     case 'join':
-      void runWithConcurrency(msg.specs, msg.concurrency, (spec) => startDaemon(spec, msg.logLevel, msg.rediscoverMs, msg.token));
+      void startDaemon(msg.spec, msg.logLevel, msg.rediscoverMs, msg.token);
       break;
     case 'change': {
       const daemon = daemons.get(msg.name);

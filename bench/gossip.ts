@@ -14,6 +14,14 @@
  * come from silence. The JSON reports `processes`, `nodes_per_process` and `layout`.
  * `--per-process 1` runs every daemon in a process of its own.
  *
+ * Start. The first daemon inits the fabric; the others join `--join-concurrency` at a time, each
+ * with the join token of a daemon already up, in turn (any member's token works; 63 joiners on
+ * one seed's token overloaded the seed's process until their dials timed out and their retries
+ * kept it overloaded). Daemons that have not started by `--form-timeout` take no part and are
+ * counted in `daemons_not_started`; a mesh that does not complete is reported (`formed: false`,
+ * `formation_gaps`) and measured anyway. A process that dies unasked is reported with its last
+ * log lines (`crashed_processes`), and its daemons count as killed from then on.
+ *
  * Phases, in order: start and form the full mesh · settle · soak (`--duration` s of steady
  * state: memory, CPU, event-loop delay sampled) · changes (`--changes`, one at a time: a label
  * change on one daemon, timed until every other daemon holds it) · kills (`--kills`, one at a
@@ -27,7 +35,15 @@
  * percentiles). A pair that never completes within its timeout counts at the timeout and is
  * reported in `converge_missed` / `detect_missed`. A suspicion is false when its target was
  * never killed, or was suspected before it was killed; they are counted over the whole run,
- * from the moment the first daemon starts, and broken down by phase.
+ * from the moment the first daemon starts, and broken down by phase. A change seen after its
+ * wait timed out still counts with its real lag. An observer that already (falsely) held a
+ * victim dead when it was killed has nothing to detect: `detect_already_dead`, not a sample.
+ *
+ * Diagnosis. `bench_cpu_cores_used` (the daemons' processes), `other_cpu_cores_used` (the rest
+ * of the machine: other work on a shared box skews every figure), `cpu_ms_per_node_per_s`,
+ * event-loop delay per process kind, and `wasm_memory_grows` (pnet's xsalsa20 bug, see
+ * gossip-worker.ts). FABRIC_BENCH_WORKER_ARGS adds Node flags to the daemon processes, e.g.
+ * `--cpu-prof --cpu-prof-dir=/tmp/prof`.
  *
  * GPU re-discovery (which runs the simulated nvidia-smi as a child Node process every 30 s on
  * each daemon) is off by default (`--rediscover-ms 0`): 64 simulated hosts sharing 2 cores
@@ -66,6 +82,7 @@ export interface GossipBenchOptions {
   rediscoverMs: number;
   settleS: number;
   formTimeoutS: number;
+  joinConcurrency: number;
   changeTimeoutMs: number;
   detectTimeoutMs: number;
   verbose: boolean;
@@ -81,7 +98,8 @@ export const GOSSIP_USAGE = `npm run bench -- gossip [--json] [options]
   --profile NAME       simulated GPU profile of every daemon (default: a mix of four)
   --rediscover-ms MS   GPU re-discovery period per daemon, 0 = off (default 0)
   --settle S           pause after the mesh formed, before the soak (default 5)
-  --form-timeout S     limit for starting daemons and forming the mesh (default 300)
+  --form-timeout S     limit for starting daemons and forming the mesh (default 180)
+  --join-concurrency J daemons starting at once; each joins with the token of one already up (default 8)
   --log-level LEVEL    daemon log level on stderr: debug|info|warn|error|silent (default warn)
   --verbose            forward the daemons' log lines to stderr (else only counted)`;
 
@@ -99,7 +117,8 @@ export function parseGossipArgs(args: string[]): GossipBenchOptions {
       profile: { type: 'string' },
       'rediscover-ms': { type: 'string', default: '0' },
       settle: { type: 'string', default: '5' },
-      'form-timeout': { type: 'string', default: '300' },
+      'form-timeout': { type: 'string', default: '180' },
+      'join-concurrency': { type: 'string', default: '8' },
       'change-timeout-ms': { type: 'string', default: '10000' },
       'detect-timeout-ms': { type: 'string', default: '30000' },
       'log-level': { type: 'string', default: 'warn' },
@@ -130,6 +149,7 @@ export function parseGossipArgs(args: string[]): GossipBenchOptions {
     rediscoverMs: int('rediscover-ms', values['rediscover-ms'], 0, 2_000_000_000) || 2_000_000_000,
     settleS: int('settle', values.settle, 0, 3600),
     formTimeoutS: int('form-timeout', values['form-timeout'], 10, 3600),
+    joinConcurrency: int('join-concurrency', values['join-concurrency'], 1, 512),
     changeTimeoutMs: int('change-timeout-ms', values['change-timeout-ms'], 100, 600_000),
     detectTimeoutMs: int('detect-timeout-ms', values['detect-timeout-ms'], 100, 600_000),
     verbose: values.verbose,
@@ -157,6 +177,8 @@ interface Worker {
   victim: boolean;
   names: string[];
   exited: boolean;
+  /** Killed or stopped by the benchmark; any other exit is a crash. */
+  expectedExit: boolean;
   ready: Promise<void>;
 }
 
@@ -211,6 +233,7 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
 
   const killAll = (): void => {
     for (const w of workers) {
+      w.expectedExit = true;
       if (!w.exited) {
         try {
           w.child.kill('SIGKILL');
@@ -244,6 +267,9 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
   process.on('exit', onExit);
 
   // ---- bookkeeping of what the workers report ----
+  const killedAt = new Map<string, number>(); // peerId → when it was killed (or its process crashed)
+  const crashedNames = new Set<string>();
+  const crashes: string[] = [];
   const peerOf = new Map<string, string>(); // name → peerId
   const nameOf = new Map<string, string>(); // peerId → name
   const workerOf = new Map<string, Worker>(); // name → worker
@@ -259,7 +285,7 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
       case 'up':
         peerOf.set(msg.name, msg.peerId);
         nameOf.set(msg.peerId, msg.name);
-        if (msg.token !== undefined) tokens.push(msg.token);
+        tokens.push(msg.token);
         break;
       case 'failed':
         failures.push(`${msg.name}: ${msg.error}`);
@@ -320,15 +346,27 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
     const execArgv = [...process.execArgv, ...(process.env['FABRIC_BENCH_WORKER_ARGS']?.split(' ').filter((a) => a !== '') ?? [])];
     const child = fork(WORKER, [], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], serialization: 'advanced', execPath: process.execPath, execArgv });
     let readyResolve!: () => void;
-    const w: Worker = { index, child, pid: child.pid ?? -1, victim, names, exited: false, ready: new Promise<void>((r) => (readyResolve = r)) };
+    const w: Worker = { index, child, pid: child.pid ?? -1, victim, names, exited: false, expectedExit: false, ready: new Promise<void>((r) => (readyResolve = r)) };
     child.on('message', (raw) => {
       const msg = raw as FromWorker;
       if (msg.t === 'ready') readyResolve();
       onMessage(msg);
     });
-    child.on('exit', () => {
+    const tail: string[] = [];
+    child.on('exit', (code, signal) => {
       w.exited = true;
       readyResolve();
+      if (w.expectedExit) return;
+      // A crash: its daemons died for real, so what others say about them from now on is true.
+      const ts = wallNow();
+      for (const name of names) {
+        const peerId = peerOf.get(name);
+        if (peerId !== undefined && !killedAt.has(peerId)) killedAt.set(peerId, ts);
+        crashedNames.add(name);
+      }
+      const why = `process p${index} (${names.join(',')}) exited unexpectedly (${signal ?? `code ${code}`})`;
+      crashes.push(`${why}: ${tail.filter((l) => !l.startsWith('    at ')).slice(-4).join(' | ').slice(0, 800)}`);
+      say(`${why}; its last lines:\n    ${tail.slice(-15).join('\n    ')}`);
     });
     child.on('error', () => undefined);
     let partial = '';
@@ -340,6 +378,8 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
         logLines++;
         logTail.push(line);
         if (logTail.length > 20) logTail.shift();
+        tail.push(line);
+        if (tail.length > 40) tail.shift();
         if (opts.verbose) io.progress(`  [p${index}] ${line}`);
       }
     };
@@ -369,11 +409,12 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
     say(`phase: ${name}`);
   };
 
-  const killedAt = new Map<string, number>(); // peerId → ts of its kill
   const changeRecords: { name: string; peerId: string; value: string; ts: number; observers: string[] }[] = [];
   const killRecords: { name: string; peerId: string; ts: number; observers: string[] }[] = [];
   const memorySamples: { rss: number; pss: number }[] = [];
   let formationMs: number | null = null;
+  /** When the mesh did not complete: observer×peer pairs not alive (of which held dead), daemons whose process did not answer. */
+  let formationGaps = { notAlive: 0, deadPairs: 0, unanswered: 0 };
   let soakSummary: ProcessSummary[] = [];
   let cpuBusyPct: number | null = null;
   let benchCpuCores: number | null = null;
@@ -411,21 +452,36 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
     if (!(await until('the seed daemon to start', 60_000, 50, () => tokens.length > 0 || failures.length > 0)) || failures.length > 0) {
       throw new Error(`the seed daemon did not start: ${failures.join('; ') || 'timeout'}`);
     }
-    const token = tokens[0]!;
-    say(`seed ${seedName} up; starting ${opts.nodes - 1} more`);
-    for (const w of workers) {
-      const joiners = w.names.filter((n) => n !== seedName).map((n) => specs.get(n)!);
-      if (joiners.length === 0) continue;
-      w.child.send({ t: 'join', specs: joiners, token, logLevel: opts.logLevel, rediscoverMs: opts.rediscoverMs, concurrency: 2 } satisfies ToWorker);
+    say(`seed ${seedName} up; starting ${opts.nodes - 1} more, ${opts.joinConcurrency} at a time`);
+    // Each joiner gets the join token of a daemon already up, in turn, as operators hand out the
+    // token of any member: 63 joiners on one seed's token pile their handshakes onto the seed,
+    // whose overloaded event loop then times them out and their retries keep it overloaded.
+    const joiners: string[] = [];
+    for (let i = 0; joiners.length < names.length - 1; i++) {
+      for (const w of workers) if (w.names[i] !== undefined && w.names[i] !== seedName) joiners.push(w.names[i]!);
     }
+    let sent = 0;
     let lastUp = -1;
-    const upOk = await until('every daemon to start', formDeadline - wallNow(), 200, () => {
+    const upOk = await until('every daemon to start', formDeadline - wallNow(), 50, () => {
+      if (failures.length > 0) throw new Error(`daemons failed to start: ${failures.slice(0, 3).join('; ')}`);
+      while (sent < joiners.length && sent - (peerOf.size - 1) < opts.joinConcurrency) {
+        const name = joiners[sent]!;
+        const token = tokens[sent % tokens.length]!;
+        workerOf.get(name)!.child.send({ t: 'join', spec: specs.get(name)!, token, logLevel: opts.logLevel, rediscoverMs: opts.rediscoverMs } satisfies ToWorker);
+        sent++;
+      }
       if (peerOf.size !== lastUp && peerOf.size % 16 === 0) say(`${peerOf.size}/${opts.nodes} daemons up`);
       lastUp = peerOf.size;
-      if (failures.length > 0) throw new Error(`daemons failed to start: ${failures.slice(0, 3).join('; ')}`);
       return peerOf.size === opts.nodes;
     });
-    if (!upOk) throw new Error(`only ${peerOf.size}/${opts.nodes} daemons started`);
+    const notStarted = names.filter((n) => !peerOf.has(n));
+    if (!upOk) {
+      if (peerOf.size < 2) throw new Error(`only ${peerOf.size}/${opts.nodes} daemons started`);
+      // Measure what did start; the rest take no part (not observers, not changed, not killed).
+      for (const n of notStarted) crashedNames.add(n);
+      say(`only ${peerOf.size}/${opts.nodes} daemons started in time; measuring those (see daemons_not_started)`);
+    }
+    const running = peerOf.size;
     const allUpAt = wallNow();
     say(`all ${opts.nodes} daemons up after ${((allUpAt - started) / 1000).toFixed(1)} s; waiting for the full mesh`);
 
@@ -434,20 +490,21 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
     const formed = await until('the full mesh', Math.max(10_000, formDeadline - wallNow()), 1_000, async () => {
       const summaries = await query();
       const daemons = summaries.flatMap((s) => s.daemons);
-      const complete = daemons.filter((d) => d.alive === opts.nodes - 1 && d.withState === opts.nodes && d.connected >= opts.nodes - 1).length;
+      const complete = daemons.filter((d) => d.alive >= running - 1 && d.withState >= running && d.connected >= running - 1).length;
+      formationGaps = { notAlive: daemons.reduce((a, d) => a + Math.max(0, running - 1 - d.alive), 0), deadPairs: daemons.reduce((a, d) => a + d.dead, 0), unanswered: running - daemons.length };
       if (wallNow() - lastLine > 5_000) {
         lastLine = wallNow();
         const minAlive = Math.min(...daemons.map((d) => d.alive));
         const minConn = Math.min(...daemons.map((d) => d.connected));
-        say(`mesh: ${complete}/${opts.nodes} daemons complete (min alive ${minAlive}, min connected ${minConn})`);
+        say(`mesh: ${complete}/${running} daemons complete (min alive ${minAlive}, min connected ${minConn})`);
       }
-      return daemons.length === opts.nodes && complete === opts.nodes;
+      return daemons.length >= running && complete >= running;
     });
     if (formed) {
       formationMs = wallNow() - allUpAt;
       say(`full mesh ${(formationMs / 1000).toFixed(1)} s after the last daemon started`);
     } else {
-      say('the mesh did not complete; measuring anyway (see formed: false)');
+      say(`the mesh did not complete (${formationGaps.notAlive} observer×peer pairs not alive, ${formationGaps.deadPairs} held dead); measuring anyway (see formed: false)`);
     }
 
     // ---- settle, then soak: steady state ----
@@ -507,7 +564,8 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
       const name = interleaved[i % interleaved.length]!;
       const peerId = peerOf.get(name)!;
       const value = `c${i}-${Math.floor(wallNow())}`;
-      const observers = names.filter((n) => n !== name);
+      if (crashedNames.has(name)) continue;
+      const observers = names.filter((n) => n !== name && !crashedNames.has(n));
       const reply = await request<Extract<FromWorker, { t: 'changed' }>>(workerOf.get(name)!, (id) => ({ t: 'change', id, name, value }), 10_000);
       if (reply === undefined || reply.error !== undefined) {
         say(`change ${i} on ${name} failed: ${reply?.error ?? 'no answer'}`);
@@ -527,10 +585,12 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
     for (const name of victimNames) {
       const w = workerOf.get(name)!;
       const peerId = peerOf.get(name)!;
+      if (w.exited || crashedNames.has(name)) continue;
       const killed = new Set(killRecords.map((k) => k.name));
-      const observers = names.filter((n) => n !== name && !killed.has(n));
+      const observers = names.filter((n) => n !== name && !killed.has(n) && !crashedNames.has(n));
       const ts = wallNow();
       killedAt.set(peerId, ts);
+      w.expectedExit = true;
       w.child.kill(opts.killSignal);
       killRecords.push({ name, peerId, ts, observers });
       const deadAt = (): Map<string, number> => {
@@ -659,6 +719,7 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
       kills: killRecords.length,
       formed,
       formation_ms: formationMs === null ? null : Math.round(formationMs),
+      ...(formed ? {} : { formation_gaps: formationGaps }),
       cpu_cores: os.availableParallelism(),
       // Whole machine during the soak, whoever used it; then the daemons' processes alone, and what is left: other load.
       machine_cpu_busy_pct: round1(cpuBusyPct),
@@ -671,6 +732,8 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
       // Non-zero: pnet's xsalsa20 WASM memory grew, the start of its known failure (see gossip-worker.ts).
       wasm_memory_grows: [...new Map([...summaryBeforeKills, ...finalSummary].map((p) => [p.pid, p.wasmMemoryGrows])).values()].reduce((a, b) => a + b, 0),
       daemon_log_lines: logLines,
+      crashed_processes: crashes,
+      daemons_not_started: notStarted.length,
       targets: { ...TARGETS },
       ratios: {
         converge_p99_ms: ratio(convergeP99, TARGETS.converge_p99_ms),
@@ -698,6 +761,7 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
     if (logLines > 0) say(`${logLines} daemon log lines; last: ${logTail.slice(-3).join(' | ').slice(0, 600)}`);
     say(`stopping ${workers.filter((w) => !w.exited).length} processes`);
     for (const w of workers) {
+      w.expectedExit = true;
       if (w.exited) continue;
       try {
         w.child.send({ t: 'stop' } satisfies ToWorker);

@@ -62,7 +62,10 @@ async function main(argv: string[]): Promise<number> {
   try {
     result = await bench.run(args, json);
   } catch (err) {
-    process.stderr.write(`bench: ${bench.name}: ${err instanceof Error ? err.message : String(err)}\n`);
+    const message = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`bench: ${bench.name}: ${message}\n`);
+    // The contract's last line stays one JSON object, here saying the run produced no figures.
+    if (json) process.stdout.write(`${JSON.stringify({ bench: bench.name, error: message })}\n`);
     if (bench.usage !== undefined && err instanceof TypeError && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`${bench.usage}\n`);
     }

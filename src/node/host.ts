@@ -53,7 +53,6 @@ export async function createHost(opts: HostOptions): Promise<FabricHost> {
         // delivered) past 13: a fabric on one host, or behind one NAT, went deaf at 14 daemons.
         // The swarm key already keeps strangers out, so the Sybil guard buys nothing here.
         scoreParams: { IPColocationFactorWeight: 0 },
-        ...(JSON.parse(process.env['FABRIC_EXP_GOSSIPSUB'] ?? '{}') as object), // EXPERIMENT ONLY
       }),
     },
   });
