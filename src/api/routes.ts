@@ -6,32 +6,87 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import { FabricError, errorMessage, type Logger } from '../core/index.ts';
 import type { z } from 'zod';
-import { LabelsChangeSchema, type LabelsChange, type NodeView, type StatusResponse, type TokenResponse } from './schemas.ts';
+import {
+  JobCancelRequestSchema,
+  JobSubmitRequestSchema,
+  LabelsChangeSchema,
+  type Job,
+  type JobCancelRequest,
+  type JobDetail,
+  type JobSubmitRequest,
+  type JobSubmitResponse,
+  type LabelsChange,
+  type NodeView,
+  type RaftPeersResponse,
+  type StatusResponse,
+  type TokenResponse,
+} from './schemas.ts';
 
 export interface ApiBackend {
-  status(): StatusResponse;
+  status(): Promise<StatusResponse>;
   nodes(): NodeView[];
   token(): TokenResponse;
   /** Changes this daemon's own labels; the new state is gossiped at once. */
   changeLabels(change: LabelsChange): Promise<NodeView>;
+  /** The Raft group's voters and learners as the leader sees them (forwarded to the leader). */
+  raftPeers(): Promise<RaftPeersResponse>;
+  submitJob(request: JobSubmitRequest): Promise<JobSubmitResponse>;
+  /** Jobs that are not finished, or every job with `all`; linearizable. */
+  jobs(all: boolean): Promise<Job[]>;
+  job(id: string): Promise<JobDetail>;
+  cancelJob(id: string, request: JobCancelRequest): Promise<JobSubmitResponse>;
 }
 
 const MAX_BODY_BYTES = 1024 * 1024;
 
+interface RouteRequest {
+  body: unknown;
+  /** Values of the path's `:name` segments. */
+  params: Record<string, string>;
+  query: URLSearchParams;
+}
+
 type Route = {
   method: string;
+  /** Segments starting with `:` match one path segment and land in `params`. */
   path: string;
   /** The request body's schema; routes without one take no body. */
   body?: z.ZodType<unknown>;
-  run: (backend: ApiBackend, body: unknown) => unknown;
+  run: (backend: ApiBackend, req: RouteRequest) => unknown;
 };
 
 const ROUTES: readonly Route[] = [
   { method: 'GET', path: '/v1/status', run: (b) => b.status() },
   { method: 'GET', path: '/v1/nodes', run: (b) => ({ nodes: b.nodes() }) },
   { method: 'GET', path: '/v1/token', run: (b) => b.token() },
-  { method: 'POST', path: '/v1/self/labels', body: LabelsChangeSchema, run: async (b, body) => ({ node: await b.changeLabels(body as LabelsChange) }) },
+  { method: 'POST', path: '/v1/self/labels', body: LabelsChangeSchema, run: async (b, r) => ({ node: await b.changeLabels(r.body as LabelsChange) }) },
+  { method: 'GET', path: '/v1/raft/peers', run: (b) => b.raftPeers() },
+  { method: 'POST', path: '/v1/jobs', body: JobSubmitRequestSchema, run: (b, r) => b.submitJob(r.body as JobSubmitRequest) },
+  { method: 'GET', path: '/v1/jobs', run: async (b, r) => ({ jobs: await b.jobs(['1', 'true'].includes(r.query.get('all') ?? '')) }) },
+  { method: 'GET', path: '/v1/jobs/:id', run: async (b, r) => ({ job: await b.job(r.params['id']!) }) },
+  { method: 'POST', path: '/v1/jobs/:id/cancel', body: JobCancelRequestSchema, run: (b, r) => b.cancelJob(r.params['id']!, r.body as JobCancelRequest) },
 ];
+
+/** Matches a path against a route pattern; returns the params, or undefined. */
+function matchPath(pattern: string, path: string): Record<string, string> | undefined {
+  const want = pattern.split('/');
+  const got = path.split('/');
+  if (want.length !== got.length) return undefined;
+  const params: Record<string, string> = {};
+  for (let i = 0; i < want.length; i++) {
+    const w = want[i]!;
+    const g = got[i]!;
+    if (w.startsWith(':')) {
+      if (g === '') return undefined;
+      try {
+        params[w.slice(1)] = decodeURIComponent(g);
+      } catch {
+        return undefined;
+      }
+    } else if (w !== g) return undefined;
+  }
+  return params;
+}
 
 async function readBody(req: IncomingMessage, schema: z.ZodType<unknown>): Promise<unknown> {
   const chunks: Buffer[] = [];
@@ -59,6 +114,10 @@ const STATUS_BY_CODE: Partial<Record<FabricError['code'], number>> = {
   BAD_TOKEN: 400,
   UNAUTHORIZED: 401,
   NOT_FOUND: 404,
+  REJECTED: 409,
+  NOT_LEADER: 503,
+  TIMEOUT: 503,
+  DAEMON_UNREACHABLE: 503,
 };
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
@@ -85,8 +144,12 @@ export function createApiHandler(backend: ApiBackend, opts: { token: string; log
       sendError(res, 401, 'UNAUTHORIZED', 'missing or wrong bearer token (see api.json in the data dir)');
       return;
     }
-    const matching = ROUTES.filter((r) => r.path === url.pathname);
-    const route = matching.find((r) => r.method === req.method);
+    const matching = ROUTES.flatMap((r) => {
+      const params = matchPath(r.path, url.pathname);
+      return params === undefined ? [] : [{ route: r, params }];
+    });
+    const found = matching.find((m) => m.route.method === req.method);
+    const route = found?.route;
     if (route === undefined) {
       if (matching.length > 0) sendError(res, 405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${url.pathname}`);
       else sendError(res, 404, 'NOT_FOUND', `no such endpoint: ${url.pathname}`);
@@ -95,7 +158,7 @@ export function createApiHandler(backend: ApiBackend, opts: { token: string; log
     void (async () => {
       try {
         const body = route.body ? await readBody(req, route.body) : undefined;
-        sendJson(res, 200, await route.run(backend, body));
+        sendJson(res, 200, await route.run(backend, { body, params: found!.params, query: url.searchParams }));
       } catch (err) {
         const code = err instanceof FabricError ? err.code : 'INTERNAL';
         const status = (err instanceof FabricError && STATUS_BY_CODE[err.code]) || 500;

@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { DeviceSchema, HostSchema, LinkSchema } from '../devices/model.ts';
 import { LabelsSchema } from '../gossip/state.ts';
+import { CheckpointSchema, JobSchema } from '../placement/fsm/state.ts';
 
 export const PeerStatusSchema = z.enum(['alive', 'suspect', 'dead']);
 export type PeerStatus = z.infer<typeof PeerStatusSchema>;
@@ -47,6 +48,7 @@ export const StatusResponseSchema = z.object({
   devices: z.number(),
   warnings: z.array(z.string()),
   gossip: z.object({ droppedFrames: z.number(), suspicions: z.number(), falseSuspicions: z.number() }),
+  raft: z.lazy(() => RaftStatusViewSchema),
 });
 export type StatusResponse = z.infer<typeof StatusResponseSchema>;
 
@@ -63,3 +65,69 @@ export const LabelsChangeSchema = z.object({
 export type LabelsChange = z.infer<typeof LabelsChangeSchema>;
 
 export const NodeResponseSchema = z.object({ node: NodeViewSchema });
+
+/** What a daemon knows of the Raft group: its own view when it is a member, else the leader's. */
+export const RaftStatusViewSchema = z.object({
+  /** This daemon's place in the group. */
+  member: z.enum(['voter', 'learner', 'none']),
+  role: z.enum(['leader', 'follower', 'candidate', 'pre-candidate']),
+  leader: z.string().nullable(),
+  term: z.number(),
+  voters: z.array(z.string()),
+  learners: z.array(z.string()),
+  commit: z.number(),
+  applied: z.number(),
+  /** `local`: this daemon's replica; `leader`: asked of the leader (this daemon holds no replica). */
+  source: z.enum(['local', 'leader']),
+});
+export type RaftStatusView = z.infer<typeof RaftStatusViewSchema>;
+
+export const RaftPeerSchema = z.object({
+  peerId: z.string(),
+  role: z.enum(['voter', 'learner']),
+  leader: z.boolean(),
+  /** Gossiped health as the leader sees it. */
+  health: z.enum(['alive', 'suspect', 'dead', 'unknown']),
+  zone: z.string().nullable(),
+  /** Highest log index known replicated on the peer. */
+  match: z.number(),
+  /** Entries behind the leader's last index. */
+  lag: z.number(),
+});
+export type RaftPeer = z.infer<typeof RaftPeerSchema>;
+
+export const RaftPeersResponseSchema = z.object({
+  leader: z.string().nullable(),
+  term: z.number(),
+  commit: z.number(),
+  applied: z.number(),
+  lastIndex: z.number(),
+  peers: z.array(RaftPeerSchema),
+});
+export type RaftPeersResponse = z.infer<typeof RaftPeersResponseSchema>;
+
+const TenantName = z.string().min(1).max(64).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-", starting with a letter or digit');
+
+export const JobSubmitRequestSchema = z.strictObject({
+  /** Idempotency id: a retry with the same id never creates a second job. Chosen by the daemon when absent. */
+  requestId: z.string().min(8).max(128).optional(),
+  name: z.string().min(1).max(256),
+  tenant: TenantName.default('default'),
+  priority: z.number().int().min(-1_000_000).max(1_000_000).default(0),
+  preemptible: z.boolean().default(false),
+  spec: z.record(z.string(), z.unknown()),
+});
+export type JobSubmitRequest = z.infer<typeof JobSubmitRequestSchema>;
+
+export const JobSubmitResponseSchema = z.object({ jobId: z.string(), state: z.string(), index: z.number() });
+export type JobSubmitResponse = z.infer<typeof JobSubmitResponseSchema>;
+
+export const JobCancelRequestSchema = z.strictObject({ reason: z.string().max(1024).optional(), requestId: z.string().min(8).max(128).optional() });
+export type JobCancelRequest = z.infer<typeof JobCancelRequestSchema>;
+
+export { JobSchema, CheckpointSchema };
+export type { Job, Checkpoint } from '../placement/fsm/state.ts';
+export const JobsResponseSchema = z.object({ jobs: z.array(JobSchema) });
+export const JobDetailSchema = JobSchema.extend({ checkpoints: z.array(CheckpointSchema) });
+export type JobDetail = z.infer<typeof JobDetailSchema>;
+export const JobResponseSchema = z.object({ job: JobDetailSchema });

@@ -2,9 +2,26 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { z } from 'zod';
-import { FabricError, errorMessage } from '../core/index.ts';
+import { FabricError, errorMessage, toErrorCode } from '../core/index.ts';
 import { API_FILE_NAME, ApiFileSchema, type ApiFile } from '../api/endpoint.ts';
-import { ErrorResponseSchema, NodeResponseSchema, NodesResponseSchema, StatusResponseSchema, TokenResponseSchema, type LabelsChange } from '../api/schemas.ts';
+import {
+  ErrorResponseSchema,
+  JobResponseSchema,
+  JobSubmitResponseSchema,
+  JobsResponseSchema,
+  NodeResponseSchema,
+  NodesResponseSchema,
+  RaftPeersResponseSchema,
+  StatusResponseSchema,
+  TokenResponseSchema,
+  type JobCancelRequest,
+  type LabelsChange,
+} from '../api/schemas.ts';
+import type { z as zod } from 'zod';
+import type { JobSubmitRequestSchema } from '../api/schemas.ts';
+
+/** What a caller gives to submit a job; defaults (tenant, priority...) are filled by the daemon. */
+export type JobSubmitInput = zod.input<typeof JobSubmitRequestSchema>;
 
 export class FabricClient {
   readonly #api: ApiFile;
@@ -49,6 +66,26 @@ export class FabricClient {
     return (await this.#request('POST', '/v1/self/labels', NodeResponseSchema, change)).node;
   }
 
+  raftPeers() {
+    return this.#get('/v1/raft/peers', RaftPeersResponseSchema);
+  }
+
+  submitJob(request: JobSubmitInput) {
+    return this.#request('POST', '/v1/jobs', JobSubmitResponseSchema, request);
+  }
+
+  async jobs(all = false) {
+    return (await this.#get(`/v1/jobs${all ? '?all=1' : ''}`, JobsResponseSchema)).jobs;
+  }
+
+  async job(id: string) {
+    return (await this.#get(`/v1/jobs/${encodeURIComponent(id)}`, JobResponseSchema)).job;
+  }
+
+  cancelJob(id: string, request: JobCancelRequest = {}) {
+    return this.#request('POST', `/v1/jobs/${encodeURIComponent(id)}/cancel`, JobSubmitResponseSchema, request);
+  }
+
   #get<T>(path: string, schema: z.ZodType<T>): Promise<T> {
     return this.#request('GET', path, schema);
   }
@@ -60,7 +97,7 @@ export class FabricClient {
         method,
         headers: { authorization: `Bearer ${this.#api.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        signal: AbortSignal.timeout(10_000),
+        signal: AbortSignal.timeout(30_000),
       });
     } catch (err) {
       throw new FabricError('DAEMON_UNREACHABLE', `the daemon at ${this.#api.url} does not answer (${errorMessage(err instanceof Error && err.cause ? err.cause : err)}); is it running?`);
@@ -68,7 +105,7 @@ export class FabricClient {
     const payload: unknown = await res.json().catch(() => undefined);
     if (!res.ok) {
       const e = ErrorResponseSchema.safeParse(payload);
-      throw new FabricError(res.status === 401 ? 'UNAUTHORIZED' : res.status === 400 ? 'BAD_INPUT' : 'INTERNAL', e.success ? e.data.error.message : `HTTP ${res.status} from ${path}`);
+      throw new FabricError(e.success ? toErrorCode(e.data.error.code) : res.status === 401 ? 'UNAUTHORIZED' : 'INTERNAL', e.success ? e.data.error.message : `HTTP ${res.status} from ${path}`);
     }
     const parsed = schema.safeParse(payload);
     if (!parsed.success) throw new FabricError('INTERNAL', `unexpected response from ${path}: ${parsed.error.issues[0]?.message ?? 'invalid'}`);

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { FabricClient } from './client.ts';
 import { action, addDataDirOption, dataDirOf, parseFlags, printJson } from './cli-kit.ts';
 import { formatAge, nodesTable, table } from './format.ts';
+import type { StatusResponse } from '../api/schemas.ts';
 
 type CommonFlags = { dataDir?: string; json?: boolean };
 
@@ -61,10 +62,39 @@ export function registerClientCommands(program: Command): void {
         ['version', `${s.version} (incarnation ${s.incarnation}, up ${formatAge(s.uptimeMs)})`],
         ['peers', `${s.peers.alive} alive, ${s.peers.suspect} suspect, ${s.peers.dead} dead (${s.peers.connected} connected)`],
         ['gpus', String(s.devices)],
+        ['raft', raftLine(s.raft)],
+        ['leader', s.raft.leader === null ? '(none known)' : `${s.raft.leader}${s.raft.leader === s.peerId ? ' (this daemon)' : ''}`],
+        ['term', String(s.raft.term)],
+        ['voters', s.raft.voters.join(', ') || '(unknown)'],
+        ...(s.raft.learners.length > 0 ? [['learners', s.raft.learners.join(', ')]] : []),
+        ['commit', `${s.raft.commit} (applied ${s.raft.applied}${s.raft.source === 'leader' ? ' on the leader' : ''})`],
         ...s.addrs.map((a, i) => [i === 0 ? 'addresses' : '', a]),
         ...s.warnings.map((w, i) => [i === 0 ? 'warnings' : '', w]),
       ];
       process.stdout.write(`${table(['', ''], rows).split('\n').slice(1).join('\n')}\n`);
     }),
   );
+
+  const raft = program.command('raft').description('the Raft group that holds the fabric state: voters, learners, leader');
+  addDataDirOption(
+    raft
+      .command('peers')
+      .description('list the voters and learners with their health and replication lag, as the leader sees them')
+      .option('--json', 'print the group as JSON'),
+  ).action(
+    action(async (flags: CommonFlags) => {
+      const r = await FabricClient.fromDataDir(dataDirOf(flags)).raftPeers();
+      if (flags.json) {
+        printJson(r);
+        return;
+      }
+      const rows = r.peers.map((p) => [p.peerId, p.leader ? 'leader' : p.role, p.health, p.zone ?? '-', String(p.match), String(p.lag)]);
+      process.stdout.write(`${table(['PEER', 'ROLE', 'HEALTH', 'ZONE', 'MATCH', 'LAG'], rows)}\nterm ${r.term}, commit ${r.commit}\n`);
+    }),
+  );
+}
+
+function raftLine(r: StatusResponse['raft']): string {
+  const place = r.member === 'none' ? 'not a member (requests go to the leader)' : r.member;
+  return r.member === 'none' ? place : `${place}, ${r.role}`;
 }

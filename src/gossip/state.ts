@@ -30,6 +30,18 @@ export const LoadSchema = z.object({
 });
 export type Load = z.infer<typeof LoadSchema>;
 
+/**
+ * What a Raft member (voter or learner) knows of the consensus group; plain members leave it
+ * out. Peers that are not members find the leader through it: the highest term's leader wins.
+ */
+export const RaftHintSchema = z.object({
+  role: z.enum(['leader', 'follower', 'candidate', 'pre-candidate']),
+  voter: z.boolean(),
+  term: z.number().int().min(0),
+  leader: z.string().min(1).max(128).nullable(),
+});
+export type RaftHint = z.infer<typeof RaftHintSchema>;
+
 export const NodeStateSchema = z.object({
   /** Format version of this record, so a newer daemon can still read an older one. */
   v: z.literal(1),
@@ -43,6 +55,7 @@ export const NodeStateSchema = z.object({
   labels: NodeLabelsSchema,
   inventory: InventorySchema,
   load: LoadSchema,
+  raft: RaftHintSchema.optional(),
   /** The sender's wall clock when it made this version (ms since epoch), for display only. */
   updatedAtMs: z.number().int().min(0),
 });

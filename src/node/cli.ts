@@ -39,6 +39,7 @@ const DaemonFlagsSchema = z.object({
   simulateGpus: z.enum(SIMULATED_PROFILES.map((p) => p.name) as [string, ...string[]]).optional(),
   nvidiaSmi: z.string().min(1).optional(),
   rocmSmi: z.string().min(1).optional(),
+  deadVoterGrace: z.coerce.number().min(0).max(86_400).optional(),
   logLevel: LogLevelSchema.default('info'),
 });
 export type DaemonFlags = z.infer<typeof DaemonFlagsSchema>;
@@ -59,6 +60,7 @@ function addDaemonOptions(cmd: Command): Command {
     .option('--simulate-gpus <profile>', 'discover simulated GPUs through a fake nvidia-smi/rocm-smi replaying real output')
     .option('--nvidia-smi <path>', 'run this executable in place of nvidia-smi (also $FABRIC_NVIDIA_SMI)')
     .option('--rocm-smi <path>', 'run this executable in place of rocm-smi')
+    .option('--dead-voter-grace <seconds>', 'how long a Raft voter may be dead before the leader replaces it (default 30)')
     .addOption(new Option('--log-level <level>', 'log level of the JSON logs on stderr').choices(LogLevelSchema.options).default('info'))
     .addHelpText('after', `\nSimulated GPU profiles (--simulate-gpus):\n${profiles}`);
 }

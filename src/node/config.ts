@@ -2,6 +2,9 @@
 import { z } from 'zod';
 import { NodeLabelsSchema } from '../gossip/state.ts';
 
+/** Long enough that a reboot or a daemon upgrade does not cost a voter, short enough to heal the same hour. */
+export const DEFAULT_DEAD_VOTER_GRACE_MS = 30_000;
+
 export const DaemonConfigSchema = z.object({
   v: z.literal(1),
   fabricId: z.string().min(1).max(64),
@@ -14,6 +17,14 @@ export const DaemonConfigSchema = z.object({
   nvidiaSmi: z.string().optional(),
   rocmSmi: z.string().optional(),
   createdAtMs: z.number().int(),
+  raft: z
+    .object({
+      /** Start a new Raft group with this peer as its only voter (`fabric init`); read only while the raft dir is new. */
+      bootstrap: z.boolean(),
+      /** How long a voter must have been dead before the leader replaces it. */
+      deadVoterGraceMs: z.number().int().min(0).max(86_400_000),
+    })
+    .default({ bootstrap: false, deadVoterGraceMs: DEFAULT_DEAD_VOTER_GRACE_MS }),
 });
 export type DaemonConfig = z.infer<typeof DaemonConfigSchema>;
 

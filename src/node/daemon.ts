@@ -19,7 +19,10 @@ import type { NodeState } from '../gossip/state.ts';
 import type { Verify } from '../gossip/ports.ts';
 import type { MembershipListener } from '../gossip/membership.ts';
 import { createApiHandler } from '../api/routes.ts';
-import type { LabelsChange, NodeView, StatusResponse } from '../api/schemas.ts';
+import type { Job, JobCancelRequest, JobDetail, JobSubmitRequest, JobSubmitResponse, LabelsChange, NodeView, RaftPeersResponse, StatusResponse } from '../api/schemas.ts';
+import type { RaftHint } from '../gossip/state.ts';
+import type { ApplyResult } from '../placement/fsm/index.ts';
+import { ControlPlane, type ControlPlaneOptions, type ControlPlanePeer } from './control-plane.ts';
 import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
 import { loadIdentityKey, loadSwarmKey } from './identity.ts';
@@ -39,6 +42,10 @@ export interface DaemonOptions {
   log: Logger;
   /** How often GPUs are re-discovered (ms); a change is gossiped at once. */
   rediscoverMs?: number;
+  /** Raft timing overrides (tests, benchmarks). */
+  raft?: ControlPlaneOptions['raft'];
+  /** Called when the daemon had to stop on an error it cannot recover from (its disk failed); the default only logs. */
+  onFatal?: (err: Error) => void;
 }
 
 /** Ed25519 peer ids embed their public key, so any peer's signature is checked from its id alone. */
@@ -59,6 +66,7 @@ export class Daemon {
   readonly #log: Logger;
   readonly #host: FabricHost;
   readonly #gossip: GossipService;
+  readonly #control: ControlPlane;
   readonly #lock: DataDirLock;
   readonly #state: DaemonState;
   readonly #startedAt = Date.now();
@@ -71,6 +79,7 @@ export class Daemon {
 
   private constructor(init: {
     paths: DataDirPaths; config: DaemonConfig; state: DaemonState; log: Logger; host: FabricHost; gossip: GossipService; lock: DataDirLock; rediscoverMs: number;
+    raft: ControlPlaneOptions['raft']; onFatal: ((err: Error) => void) | undefined; raftLog: Logger;
   }) {
     this.paths = init.paths;
     this.config = init.config;
@@ -81,6 +90,21 @@ export class Daemon {
     this.#lock = init.lock;
     this.peerId = init.host.peerId.toString();
     this.#rediscoverMs = init.rediscoverMs;
+    this.#control = new ControlPlane({
+      host: init.host,
+      dir: init.paths.raft,
+      log: init.raftLog,
+      bootstrap: init.config.raft.bootstrap,
+      deadVoterGraceMs: init.config.raft.deadVoterGraceMs,
+      peers: () => this.#controlPeers(),
+      publishHint: (hint) => this.#publishRaftHint(hint),
+      wallNow: () => Date.now(),
+      ...(init.raft !== undefined ? { raft: init.raft } : {}),
+    });
+    this.#control.onFatal((err) => {
+      this.#log.error({ err: errorMessage(err) }, 'the raft node failed; the daemon stops');
+      void this.stop().finally(() => init.onFatal?.(err));
+    });
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -138,8 +162,13 @@ export class Daemon {
       verify: verifyByPeerId,
       log: opts.log.child({ module: 'gossip' }),
     });
-    const daemon = new Daemon({ paths, config, state, log, host, gossip, lock, rediscoverMs: opts.rediscoverMs ?? 30_000 });
-    await daemon.#run();
+    const daemon = new Daemon({ paths, config, state, log, host, gossip, lock, rediscoverMs: opts.rediscoverMs ?? 30_000, raft: opts.raft, onFatal: opts.onFatal, raftLog: opts.log.child({ module: 'raft' }) });
+    try {
+      await daemon.#run();
+    } catch (err) {
+      await daemon.stop().catch(() => undefined);
+      throw err;
+    }
     return daemon;
   }
 
@@ -167,6 +196,12 @@ export class Daemon {
     await host.start();
     await this.#gossip.updateSelf((s) => ({ ...s, addrs: this.#selfAddrs() }));
     await this.#gossip.start();
+    await this.#control.start();
+    if (this.config.raft.bootstrap) {
+      // The group exists on disk now: never bootstrap a second one (say, if the raft dir were lost).
+      this.config.raft.bootstrap = false;
+      writeJsonFile(this.paths.config, this.config);
+    }
     await this.#startApi();
     this.#persistNow();
 
@@ -223,7 +258,17 @@ export class Daemon {
   async #startApi(): Promise<void> {
     const token = randomBytes(24).toString('hex');
     const handler = createApiHandler(
-      { status: () => this.status(), nodes: () => this.nodes(), token: () => ({ token: this.joinToken() }), changeLabels: (c) => this.changeLabels(c) },
+      {
+        status: () => this.statusWithRaft(),
+        nodes: () => this.nodes(),
+        token: () => ({ token: this.joinToken() }),
+        changeLabels: (c) => this.changeLabels(c),
+        raftPeers: () => this.raftPeers(),
+        submitJob: (r) => this.submitJob(r),
+        jobs: (all) => this.jobs(all),
+        job: (id) => this.job(id),
+        cancelJob: (id, r) => this.cancelJob(id, r),
+      },
       { token, log: this.#log.child({ module: 'api' }) },
     );
     const server = createServer(handler);
@@ -291,7 +336,79 @@ export class Daemon {
     return this.#gossip.membership.list().map((e) => nodeView(e, this.peerId, now));
   }
 
-  status(): StatusResponse {
+  // ---- the replicated state (through the Raft leader) ----
+
+  raftPeers(): Promise<RaftPeersResponse> {
+    return this.#control.raftPeers();
+  }
+
+  /** The control plane: Raft node, forwarding and the replicated state (for tests and the runtime). */
+  get control(): ControlPlane {
+    return this.#control;
+  }
+
+  async submitJob(req: JobSubmitRequest): Promise<JobSubmitResponse> {
+    const { index, result } = await this.#control.submit({
+      type: 'job.submit',
+      requestId: req.requestId ?? randomBytes(16).toString('hex'),
+      actor: `api@${this.peerId}`,
+      jobId: `j-${randomBytes(6).toString('hex')}`,
+      tenant: req.tenant,
+      name: req.name,
+      priority: req.priority,
+      preemptible: req.preemptible,
+      spec: req.spec as never,
+    });
+    return jobOutcome(result, index);
+  }
+
+  async cancelJob(jobId: string, req: JobCancelRequest): Promise<JobSubmitResponse> {
+    const { index, result } = await this.#control.submit({
+      type: 'job.cancel',
+      requestId: req.requestId ?? randomBytes(16).toString('hex'),
+      actor: `api@${this.peerId}`,
+      jobId,
+      ...(req.reason !== undefined ? { reason: req.reason } : {}),
+    });
+    return jobOutcome(result, index);
+  }
+
+  async jobs(all: boolean): Promise<Job[]> {
+    return (await this.#control.query({ q: 'jobs', all })) as Job[];
+  }
+
+  async job(jobId: string): Promise<JobDetail> {
+    return (await this.#control.query({ q: 'job', jobId })) as JobDetail;
+  }
+
+  #controlPeers(): ControlPlanePeer[] {
+    const now = systemClock.now();
+    return this.#gossip.membership.list().map((e) => ({
+      peerId: e.peerId,
+      health: e.peerId === this.peerId ? 'alive' : e.status,
+      healthForMs: Math.max(0, now - e.statusSinceMs),
+      zone: e.state?.labels.zone,
+      hint: e.state?.raft,
+    }));
+  }
+
+  #publishRaftHint(hint: RaftHint | undefined): void {
+    if (this.#stopping) return;
+    void this.#gossip
+      .updateSelf((s) => {
+        const { raft: _previous, ...rest } = s;
+        return hint === undefined ? rest : { ...rest, raft: hint };
+      })
+      .catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'cannot publish the raft hint'));
+  }
+
+  /** Everything `fabric status` shows; the Raft part may ask the leader. */
+  async statusWithRaft(): Promise<StatusResponse> {
+    return { ...this.status(), raft: await this.#control.raftStatus() };
+  }
+
+  /** The local part of the status (no Raft figures: see statusWithRaft). */
+  status(): Omit<StatusResponse, 'raft'> {
     const nodes = this.#gossip.membership.list();
     const count = (s: string) => nodes.filter((n) => n.peerId !== this.peerId && n.status === s).length;
     const self = this.#gossip.selfState();
@@ -325,10 +442,20 @@ export class Daemon {
     } catch {
       // already gone
     }
+    await this.#control.stop().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'raft stop failed'));
     this.#gossip.stop();
     await Promise.resolve(this.#host.stop()).catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'libp2p stop failed'));
     this.#lock.release();
   }
+}
+
+/** A job command's answer as the API gives it; a refusal of the state machine becomes an error. */
+function jobOutcome(result: ApplyResult, index: number): JobSubmitResponse {
+  if (!result.ok) {
+    throw new FabricError(result.code === 'NOT_FOUND' ? 'NOT_FOUND' : 'REJECTED', `${result.message} (${result.code})`, { details: { reject: result.code } });
+  }
+  const value = result.value as { jobId: string; state: string };
+  return { jobId: value.jobId, state: value.state, index };
 }
 
 /** Runs GPU discovery with the tools this daemon is configured for (real, another path, or simulated). */

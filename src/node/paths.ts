@@ -11,6 +11,7 @@ export function dataDirPaths(dir: string) {
     api: join(dir, API_FILE_NAME),
     lock: join(dir, 'daemon.lock'),
     log: join(dir, 'daemon.log'),
+    raft: join(dir, 'raft'),
   };
 }
 export type DataDirPaths = ReturnType<typeof dataDirPaths>;

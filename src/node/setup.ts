@@ -1,7 +1,7 @@
 /** Creating a data dir: `fabric init` makes a new fabric, `fabric join` enters one with a token. */
 import { randomBytes } from 'node:crypto';
 import { FabricError } from '../core/index.ts';
-import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig } from './config.ts';
+import { DEFAULT_DEAD_VOTER_GRACE_MS, DaemonConfigSchema, DaemonStateSchema, type DaemonConfig } from './config.ts';
 import { ensureDir, fileExists, readJsonFile, writeJsonFile } from './files.ts';
 import { createIdentityKey, loadSwarmKey, newSwarmKey, writeSwarmKey } from './identity.ts';
 import { dataDirPaths } from './paths.ts';
@@ -25,7 +25,8 @@ function refuseExisting(dataDir: string): void {
   }
 }
 
-function configFrom(input: SetupInput, fabricId: string, bootstrap: string[]): DaemonConfig {
+/** `founder`: the `fabric init` peer, which starts the Raft group as its only voter. */
+function configFrom(input: SetupInput, fabricId: string, bootstrap: string[], founder: boolean): DaemonConfig {
   const { flags, defaults } = input;
   const extra: Record<string, string> = {};
   for (const kv of flags.label ?? []) {
@@ -50,13 +51,14 @@ function configFrom(input: SetupInput, fabricId: string, bootstrap: string[]): D
     ...(flags.nvidiaSmi !== undefined ? { nvidiaSmi: flags.nvidiaSmi } : {}),
     ...(flags.rocmSmi !== undefined ? { rocmSmi: flags.rocmSmi } : {}),
     createdAtMs: Date.now(),
+    raft: { bootstrap: founder, deadVoterGraceMs: flags.deadVoterGrace !== undefined ? flags.deadVoterGrace * 1000 : DEFAULT_DEAD_VOTER_GRACE_MS },
   });
 }
 
-async function writeDataDir(input: SetupInput, fabricId: string, swarmKey: Uint8Array, bootstrap: string[]): Promise<void> {
+async function writeDataDir(input: SetupInput, fabricId: string, swarmKey: Uint8Array, bootstrap: string[], founder: boolean): Promise<void> {
   const paths = dataDirPaths(input.dataDir);
   ensureDir(input.dataDir);
-  const config = configFrom(input, fabricId, bootstrap);
+  const config = configFrom(input, fabricId, bootstrap, founder);
   await createIdentityKey(paths.identityKey);
   writeSwarmKey(paths.swarmKey, swarmKey);
   writeJsonFile(paths.state, DaemonStateSchema.parse({ incarnation: 0, knownPeers: {}, selfAddrs: [] }));
@@ -66,13 +68,13 @@ async function writeDataDir(input: SetupInput, fabricId: string, swarmKey: Uint8
 
 export async function initDataDir(input: SetupInput): Promise<void> {
   refuseExisting(input.dataDir);
-  await writeDataDir(input, `fab-${randomBytes(8).toString('hex')}`, newSwarmKey(), []);
+  await writeDataDir(input, `fab-${randomBytes(8).toString('hex')}`, newSwarmKey(), [], true);
 }
 
 export async function joinDataDir(input: SetupInput & { token: string }): Promise<void> {
   const token = decodeJoinToken(input.token); // a bad token changes nothing on disk
   refuseExisting(input.dataDir);
-  await writeDataDir(input, token.fabricId, token.swarmKey, token.bootstrap);
+  await writeDataDir(input, token.fabricId, token.swarmKey, token.bootstrap, false);
 }
 
 /** The join token of a stopped daemon, from the addresses it had when it last ran. */

@@ -12,9 +12,17 @@ async function serve(backend: ApiBackend): Promise<{ url: string; server: Server
 
 const auth = { authorization: 'Bearer secret-token-0123456789' };
 
+const unused = (): never => {
+  throw new Error('unused');
+};
+/** A backend whose every call fails; tests override what they use. */
+function backend(overrides: Partial<ApiBackend>): ApiBackend {
+  return { status: unused, nodes: unused, token: unused, changeLabels: unused, raftPeers: unused, submitJob: unused, jobs: unused, job: unused, cancelJob: unused, ...overrides };
+}
+
 describe('API routes', () => {
   test('401 without or with a wrong token, 200 with it', async () => {
-    const { url, server } = await serve({ status: () => { throw new Error('unused'); }, nodes: () => [], token: () => ({ token: 't' }), changeLabels: () => { throw new Error('unused'); } });
+    const { url, server } = await serve(backend({ nodes: () => [], token: () => ({ token: 't' }) }));
     try {
       expect((await fetch(`${url}/v1/nodes`)).status).toBe(401);
       expect((await fetch(`${url}/v1/nodes`, { headers: { authorization: 'Bearer nope' } })).status).toBe(401);
@@ -28,12 +36,12 @@ describe('API routes', () => {
   });
 
   test('unknown paths are 404, wrong methods 405, failures carry their code', async () => {
-    const { url, server } = await serve({
+    const { url, server } = await serve(backend({
       status: () => { throw new FabricError('NOT_FOUND', 'nothing'); },
       nodes: () => { throw new Error('boom'); },
       token: () => ({ token: 't' }),
       changeLabels: async (c) => ({ peerId: JSON.stringify(c) }) as never,
-    });
+    }));
     try {
       expect((await fetch(`${url}/v1/nope`, { headers: auth })).status).toBe(404);
       expect((await fetch(`${url}/v1/nodes`, { method: 'DELETE', headers: auth })).status).toBe(405);
@@ -54,6 +62,52 @@ describe('API routes', () => {
       const good = await post('{"set": {"rack": "r1"}}');
       expect(good.status).toBe(200);
       expect(await good.json()).toEqual({ node: { peerId: JSON.stringify({ set: { rack: 'r1' }, remove: [] }) } });
+    } finally {
+      server.close();
+    }
+  });
+
+  test('job routes: path parameters, defaults filled, bad specs named, refusals map to their HTTP status', async () => {
+    const calls: unknown[] = [];
+    const { url, server } = await serve(backend({
+      submitJob: async (r) => {
+        calls.push(r);
+        return { jobId: 'j-1', state: 'queued', index: 7 };
+      },
+      jobs: async (all) => {
+        calls.push({ all });
+        return [];
+      },
+      job: async (id) => {
+        throw new FabricError('NOT_FOUND', `no job ${id}`);
+      },
+      cancelJob: async (id) => {
+        throw new FabricError('REJECTED', `job ${id} is finished`);
+      },
+      raftPeers: async () => {
+        throw new FabricError('TIMEOUT', 'no leader');
+      },
+    }));
+    try {
+      const post = (path: string, body: unknown) => fetch(`${url}${path}`, { method: 'POST', headers: auth, body: JSON.stringify(body) });
+      const ok = await post('/v1/jobs', { name: 'train', spec: { gpus: 1 } });
+      expect(ok.status).toBe(200);
+      expect(await ok.json()).toEqual({ jobId: 'j-1', state: 'queued', index: 7 });
+      expect(calls[0]).toEqual({ name: 'train', tenant: 'default', priority: 0, preemptible: false, spec: { gpus: 1 } });
+      const bad = await post('/v1/jobs', { name: '', tenant: 'no spaces', spec: 3, extra: true });
+      expect(bad.status).toBe(400);
+      const msg = ((await bad.json()) as { error: { message: string } }).error.message;
+      for (const field of ['name', 'tenant', 'spec']) expect(msg).toContain(field);
+      expect(calls).toHaveLength(1);
+      expect((await fetch(`${url}/v1/jobs?all=1`, { headers: auth })).status).toBe(200);
+      expect(calls[1]).toEqual({ all: true });
+      const missing = await fetch(`${url}/v1/jobs/j%2Fx`, { headers: auth });
+      expect(missing.status).toBe(404);
+      expect(((await missing.json()) as { error: { message: string } }).error.message).toBe('no job j/x');
+      expect((await post('/v1/jobs/j-9/cancel', {})).status).toBe(409);
+      expect((await fetch(`${url}/v1/jobs/j-9/cancel`, { headers: auth })).status).toBe(405);
+      expect((await fetch(`${url}/v1/jobs/j-9/nope`, { headers: auth })).status).toBe(404);
+      expect((await fetch(`${url}/v1/raft/peers`, { headers: auth })).status).toBe(503);
     } finally {
       server.close();
     }

@@ -1,7 +1,8 @@
 /**
  * A peer that holds the swarm key but sends garbage: malformed and oversized frames on every
  * fabric protocol, junk and forged states on the gossip topic. The daemon drops and logs them,
- * keeps running, and its view holds nothing the intruder made up. A correctly signed state from
+ * keeps running, and its view holds nothing the intruder made up; raft and rpc frames that are
+ * malformed, oversized, from a non-member or speaking for someone else change no Raft state. A correctly signed state from
  * the same peer is then accepted (the channel itself works).
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -19,6 +20,9 @@ import { loadSwarmKey } from '../../src/node/identity.ts';
 import { gossipTopic, SWIM_PROTOCOL, SYNC_PROTOCOL } from '../../src/node/gossip-transport.ts';
 import { encodeState, stampForBroadcast } from '../../src/gossip/codec.ts';
 import type { NodeState } from '../../src/gossip/state.ts';
+import { RAFT_PROTOCOL } from '../../src/node/raft-wire.ts';
+import { RPC_PROTOCOL } from '../../src/node/rpc.ts';
+import { FabricClient } from '../../src/client/client.ts';
 
 describe('a hostile peer inside the private network', () => {
   const fabric = new Fabric();
@@ -98,6 +102,64 @@ describe('a hostile peer inside the private network', () => {
     const nodes = await d.nodes();
     expect(nodes.map((n) => n.peerId)).toEqual([daemonId]);
     expect(nodes[0]!.seq).toBeLessThan(999);
+  });
+
+  test('bad raft and rpc frames are dropped: the term, the leader and the log are untouched', async () => {
+    const before = (await d.status()).raft;
+    expect(before.role).toBe('leader');
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(RAFT_PROTOCOL, RPC_PROTOCOL), fc.oneof(fc.uint8Array({ maxLength: 2048 }), fc.anything().map((v) => pack(v))), async (protocol, junk) => {
+        const stream = await rawStream(protocol);
+        const lp = lpStream(stream);
+        try {
+          await lp.write(junk);
+          await lp.read({ signal: AbortSignal.timeout(1_000) });
+        } catch {
+          // closed on us: expected
+        }
+        stream.abort(new Error('done'));
+      }),
+      { numRuns: 30 },
+    );
+    const me = intruder.peerId.toString();
+    const message = (over: Record<string, unknown>) => ({
+      type: 'vote', from: me, to: daemonId, term: 1_000, logTerm: 1_000, index: 1_000_000, entries: [], commit: 0, reject: false, rejectHint: 0, ...over,
+    });
+    const frames = [
+      pack({ msgs: [message({})] }), // a well-formed vote from a non-member with a huge term
+      pack({ msgs: [message({ from: before.voters[0] })] }), // speaking for the daemon itself
+      pack({ msgs: [message({ type: 'app', entries: [{ term: 1_000, index: 1_000_000, type: 'normal', data: randomBytes(8) }] })] }),
+      pack({ msgs: [message({ to: 'someone-else' })] }),
+    ];
+    for (const frame of frames) {
+      const stream = await rawStream(RAFT_PROTOCOL);
+      const lp = lpStream(stream, { maxDataLength: 64 * 1024 * 1024 });
+      await lp.write(frame).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 100));
+      stream.abort(new Error('done'));
+    }
+    // an oversized raft frame: a length prefix over the 64 MiB cap
+    const big = await rawStream(RAFT_PROTOCOL);
+    big.send(Uint8Array.from([0x80, 0x80, 0x80, 0x40]));
+    big.send(randomBytes(4096));
+    // an rpc proposal whose command is not a valid command
+    const rpc = lpStream(await rawStream(RPC_PROTOCOL));
+    await rpc.write(pack({ t: 'propose', command: pack({ type: 'job.submit', jobId: 1 }) }));
+    const reply = (await import('msgpackr')).unpack((await rpc.read({ signal: AbortSignal.timeout(5_000) })).subarray()) as { ok: boolean; code: string };
+    expect(reply).toMatchObject({ ok: false, code: 'BAD_INPUT' });
+    await new Promise((r) => setTimeout(r, 300));
+    big.abort(new Error('done'));
+
+    const after = (await d.status()).raft;
+    expect(after.role).toBe('leader');
+    expect(after.term).toBe(before.term);
+    expect(after.voters).toEqual(before.voters);
+    expect(after.commit).toBe(before.commit);
+    // and the group still commits
+    const job = await FabricClient.fromDataDir(d.dataDir).submitJob({ name: 'after-the-garbage', spec: {} });
+    expect(job.state).toBe('queued');
+    expect((await d.status()).raft.commit).toBeGreaterThan(before.commit);
+    expect(d.child?.exitCode).toBeNull();
   });
 
   test('a correctly signed state from the same peer is accepted', async () => {
