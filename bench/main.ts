@@ -4,6 +4,7 @@
  * of the figures; without it stdout gets a readable table. Benchmarks measure and assert nothing.
  */
 import { GOSSIP_USAGE, gossipTable, parseGossipArgs, runGossipBench } from './gossip.ts';
+import { RAFT_USAGE, parseRaftArgs, raftTable, runRaftBench } from './raft.ts';
 
 interface Bench {
   name: string;
@@ -26,7 +27,15 @@ const BENCHES: Bench[] = [
       return { figures, table: gossipTable(figures) };
     },
   },
-  { name: 'raft', what: 'leader killed repeatedly; commits under load', notBuilt: 3 },
+  {
+    name: 'raft',
+    what: 'leader killed repeatedly; commits under load',
+    usage: RAFT_USAGE,
+    run: async (args) => {
+      const figures = await runRaftBench(parseRaftArgs(args), { progress });
+      return { figures, table: raftTable(figures) };
+    },
+  },
   { name: 'placement', what: 'trace replay (FGD setup) and raw speed', notBuilt: 4 },
   { name: 'replication', what: 'checkpoint bytes to peers vs raw TCP in the same run', notBuilt: 5 },
   { name: 'recovery', what: 'host of a checkpointing job killed', notBuilt: 5 },

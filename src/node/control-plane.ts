@@ -176,6 +176,12 @@ export class ControlPlane {
     }
   }
 
+  /** This node's own Raft view, without asking anyone (may be stale on a node outside the group). */
+  localStatus(): RaftStatusView & { lastIndex: number } {
+    const s = this.#raft.status();
+    return { ...this.#statusView(s), lastIndex: s.lastIndex };
+  }
+
   /** The voters and learners with their health and lag, as the leader sees them. */
   async raftPeers(): Promise<RaftPeersResponse> {
     return (await this.query({ q: 'raft' })) as RaftPeersResponse;
@@ -217,7 +223,7 @@ export class ControlPlane {
         lastError = err;
       }
       // Back off a little: an election takes a few hundred milliseconds.
-      await new Promise((resolve) => setTimeout(resolve, Math.min(500, 25 * 2 ** Math.min(attempt, 5))));
+      await new Promise((resolve) => setTimeout(resolve, Math.min(200, 10 * 2 ** Math.min(attempt, 5))));
     }
     throw new FabricError('TIMEOUT', `no leader answered within ${timeoutMs} ms (last: ${errorMessage(lastError)}); a write may or may not have taken effect: retry with the same request id`);
   }
