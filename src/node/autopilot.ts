@@ -7,13 +7,15 @@
  * that Raft makes safely, and the leader never removes a voter that is alive, so it never takes
  * the group below quorum by its own doing.
  *
- * Policy, in order:
- *  1. Promote a learner that has caught up while there are fewer healthy voters than the target.
+ * Every healthy peer joins the group as a learner: it holds a replica of the fabric state, so it
+ * reads its own allocations and the jobs it runs from its log in commit order, and answers reads
+ * itself. Voters are chosen among the learners. Policy, in order:
+ *  1. Promote a caught-up learner while there are fewer healthy voters than the target, from the
+ *     zone with the fewest voters, so voters spread over failure domains.
  *  2. Remove a voter that has been dead longer than the grace period once its replacement votes
  *     (there are more voters than the target), or when no healthy peer could replace it.
  *  3. Remove a learner that has been dead longer than the grace period.
- *  4. Add a healthy non-member as a learner while healthy voters plus learners are fewer than
- *     the target, from the zone with the fewest members so voters spread over failure domains.
+ *  4. Add a healthy peer that is not in the group as a learner.
  *
  * The target is 5 voters once 5 peers are alive, 3 once 3 are, else 1: an even count adds no
  * fault tolerance, and 2 voters would stall on the loss of either.
@@ -78,14 +80,23 @@ export function planVoterChange(input: AutopilotInput): AutopilotAction | null {
   };
   const candidates = alive.filter((p) => !members.has(p.peerId));
 
-  // 1. A caught-up learner becomes a voter when one is missing.
+  const zoneOf = (id: string): string => byId.get(id)?.zone ?? '';
+  const votersPerZone = new Map<string, number>();
+  for (const id of input.voters) if (!deadPastGrace(id)) votersPerZone.set(zoneOf(id), (votersPerZone.get(zoneOf(id)) ?? 0) + 1);
+  const byZoneThenId = (a: string, b: string): number =>
+    (votersPerZone.get(zoneOf(a)) ?? 0) - (votersPerZone.get(zoneOf(b)) ?? 0) || (a < b ? -1 : a > b ? 1 : 0);
+
+  // 1. A caught-up learner becomes a voter when one is missing, from the least represented zone.
   if (healthyVoters < target) {
-    const ready = input.learners.filter((id) => health(id) === 'alive' && caughtUp(id)).sort();
-    if (ready.length > 0) return { type: 'promote', peer: ready[0]!, why: `${healthyVoters} healthy voters, target ${target}; learner caught up` };
+    const ready = input.learners.filter((id) => health(id) === 'alive' && caughtUp(id)).sort(byZoneThenId);
+    if (ready.length > 0) {
+      return { type: 'promote', peer: ready[0]!, why: `${healthyVoters} healthy voters, target ${target}; learner caught up, zone ${zoneOf(ready[0]!) || '(none)'}` };
+    }
   }
 
   // 2. A long-dead voter goes once replaced, or when nobody could replace it.
-  if (deadVoters.length > 0 && (input.voters.length > target || candidates.length === 0 && input.learners.every((id) => health(id) !== 'alive'))) {
+  const replaceable = candidates.length > 0 || input.learners.some((id) => health(id) === 'alive');
+  if (deadVoters.length > 0 && (input.voters.length > target || !replaceable)) {
     const peer = [...deadVoters].sort()[0]!;
     const p = byId.get(peer)!;
     return { type: 'remove', peer, why: `voter dead for ${Math.round(p.healthForMs / 1000)} s (grace ${Math.round(input.deadGraceMs / 1000)} s)` };
@@ -95,17 +106,8 @@ export function planVoterChange(input: AutopilotInput): AutopilotAction | null {
   const deadLearner = input.learners.filter(deadPastGrace).sort()[0];
   if (deadLearner !== undefined) return { type: 'remove', peer: deadLearner, why: 'learner dead past the grace period' };
 
-  // 4. Bring a healthy peer in as a learner, from the least represented zone.
-  const aliveLearners = input.learners.filter((id) => health(id) === 'alive').length;
-  if (healthyVoters + aliveLearners < target && candidates.length > 0) {
-    const zoneCount = new Map<string, number>();
-    for (const id of members) {
-      if (deadPastGrace(id)) continue;
-      const zone = byId.get(id)?.zone ?? '';
-      zoneCount.set(zone, (zoneCount.get(zone) ?? 0) + 1);
-    }
-    const best = [...candidates].sort((a, b) => (zoneCount.get(a.zone ?? '') ?? 0) - (zoneCount.get(b.zone ?? '') ?? 0) || (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))[0]!;
-    return { type: 'add-learner', peer: best.peerId, why: `${healthyVoters} healthy voters, target ${target}; zone ${best.zone ?? '(none)'}` };
-  }
+  // 4. Every healthy peer holds a replica.
+  const newcomer = candidates.map((p) => p.peerId).sort()[0];
+  if (newcomer !== undefined) return { type: 'add-learner', peer: newcomer, why: 'every healthy peer holds a replica of the fabric state' };
   return null;
 }

@@ -72,7 +72,7 @@ export class ControlPlane {
   #redirect: string | null = null;
   #stopped = false;
   readonly #fatalListeners = new Set<(err: Error) => void>();
-  /** Since when this member has known no leader (local clock), for the removal check. */
+  /** Since when this member has not heard from a leader (local clock), for the removal check. */
   #leaderlessSince: number | undefined;
   #removedStrikes = 0;
 
@@ -331,14 +331,15 @@ export class ControlPlane {
 
   /**
    * A member removed while it was down (the leader replaced it after the grace period) never
-   * hears of its removal: its own log still names it a voter, and the group ignores it. When it
-   * has had no leader for a while, it asks the leader the members name; if the leader, at a
-   * higher term, confirms twice that it is not in the group, it discards its replica and starts
-   * over as an empty node, which the autopilot may add again later.
+   * hears of its removal: its own log still names it a member, and the group ignores it. When it
+   * has not heard from a leader for a while, it asks the leader the others name; if that leader,
+   * at its term or a later one, confirms twice that it is not in the group, the node discards its
+   * replica and starts over as an empty node, which the autopilot adds again.
    */
   async #checkRemoved(): Promise<void> {
     const s = this.#raft.status();
-    if (!this.#isMember(s) || s.leader !== null) {
+    const inTouch = s.leader !== null && (s.leaderContactAgeMs ?? Number.POSITIVE_INFINITY) < REMOVED_CHECK_AFTER_MS;
+    if (!this.#isMember(s) || inTouch) {
       this.#leaderlessSince = undefined;
       this.#removedStrikes = 0;
       return;
@@ -356,7 +357,7 @@ export class ControlPlane {
     }
     if (!reply.ok) return;
     const view = reply.value as RaftPeersResponse;
-    if (view.leader !== leader || view.term <= s.term || view.peers.some((p) => p.peerId === this.id)) {
+    if (view.leader !== leader || view.term < s.term || view.peers.some((p) => p.peerId === this.id)) {
       this.#removedStrikes = 0;
       return;
     }

@@ -106,6 +106,11 @@ export interface RaftNodeStatus {
   learners: NodeId[];
   /** On the leader only: every other member's replication progress. */
   peers: PeerProgress[];
+  /**
+   * How long ago this node last heard from the leader it knows (0 on the leader itself, null
+   * with no leader). A learner never campaigns, so its `leader` can go stale: this says so.
+   */
+  leaderContactAgeMs: number | null;
 }
 
 export interface LeaderChange {
@@ -175,6 +180,8 @@ export class RaftNode {
   #snapshotIndex = 0;
   #conf: ConfState = { voters: [], learners: [] };
   #leader: NodeId | null = null;
+  /** Local clock time of the last batch received from each peer. */
+  readonly #lastHeard = new Map<NodeId, number>();
   readonly #proposals = new Map<number, PendingProposal>();
   readonly #reads = new Map<string, PendingRead>();
   readonly #leaderListeners = new Set<(e: LeaderChange) => void>();
@@ -339,7 +346,16 @@ export class RaftNode {
   status(): RaftNodeStatus {
     const raw = this.#raw;
     if (raw === undefined) throw new FabricError('INTERNAL', 'raft node not started');
-    return toStatus(raw.status(), this.#applied, this.#snapshotIndex);
+    const s = raw.status();
+    const heard = s.lead === null ? undefined : this.#lastHeard.get(s.lead);
+    const contactAge = s.lead === null ? null : s.lead === this.id ? 0 : heard === undefined ? Number.POSITIVE_INFINITY : this.#clock.now() - heard;
+    return toStatus(s, this.#applied, this.#snapshotIndex, contactAge);
+  }
+
+  /** How long ago a batch of Raft messages last arrived from `peer` (ms); undefined if never since start. */
+  lastHeardFromMs(peer: NodeId): number | undefined {
+    const at = this.#lastHeard.get(peer);
+    return at === undefined ? undefined : this.#clock.now() - at;
   }
 
   /** Listens for changes of leader or of this node's role; returns the unsubscribe function. */
@@ -564,6 +580,7 @@ export class RaftNode {
     }
     this.#inboxMessages += msgs.length;
     this.#enqueue(() => {
+      this.#lastHeard.set(from, this.#clock.now());
       const raw = this.#raw!;
       // Membership may have changed since the transport's check.
       if (!this.#accepts(from)) return this.#drop(from, 'non-member', 'raft messages from a non-member dropped');
@@ -657,8 +674,9 @@ export class RaftNode {
   }
 }
 
-function toStatus(s: RaftStatus, applied: number, snapshotIndex: number): RaftNodeStatus {
+function toStatus(s: RaftStatus, applied: number, snapshotIndex: number, leaderContactAgeMs: number | null): RaftNodeStatus {
   return {
+    leaderContactAgeMs,
     id: s.id,
     leader: s.lead,
     term: s.term,

@@ -1,6 +1,7 @@
 /**
  * The Raft group of real daemons on loopback: the `fabric init` peer starts alone, the autopilot
- * grows the group to 3 then 5 voters spread over zones, every peer's API takes writes and
+ * grows the group to 3 then 5 voters spread over zones (the sixth peer holds a replica as a
+ * learner), every peer's API takes writes and
  * linearizable reads; under a steady stream of writes the leader is killed with kill -9 again
  * and again: a new leader every time, no acknowledged write lost, none applied twice.
  */
@@ -10,10 +11,10 @@ import { Fabric, LOOPBACK, waitFor, type DaemonProcess } from './harness.ts';
 import { FabricClient } from '../../src/client/client.ts';
 import type { RaftPeersResponse, StatusResponse } from '../../src/api/schemas.ts';
 
-const ZONES = ['z1', 'z1', 'z2', 'z2', 'z3'];
+const ZONES = ['z1', 'z1', 'z2', 'z2', 'z3', 'z3'];
 const GRACE_S = '2';
 
-describe('consensus across five daemons', () => {
+describe('consensus across six daemons', () => {
   const fabric = new Fabric();
   const daemons: DaemonProcess[] = [];
   const peerIds = new Map<DaemonProcess, string>();
@@ -44,25 +45,26 @@ describe('consensus across five daemons', () => {
     await fabric.cleanup();
   });
 
-  test('the autopilot grows the group to five voters over every zone; every daemon agrees on the leader', async () => {
-    const group = await waitFor('five voters', async () => {
+  test('the autopilot grows the group to five voters over every zone and a learner; every daemon agrees on the leader', async () => {
+    const group = await waitFor('five voters and a learner', async () => {
       const r = await client(daemons[0]!).raftPeers();
-      return r.peers.filter((p) => p.role === 'voter').length === 5 ? r : undefined;
+      return r.peers.filter((p) => p.role === 'voter').length === 5 && r.peers.filter((p) => p.role === 'learner').length === 1 ? r : undefined;
     }, 60_000, 300);
-    expect(new Set(group.peers.map((p) => p.zone))).toEqual(new Set(['z1', 'z2', 'z3']));
+    expect(new Set(group.peers.filter((p) => p.role === 'voter').map((p) => p.zone))).toEqual(new Set(['z1', 'z2', 'z3']));
     expect(group.peers.filter((p) => p.leader)).toHaveLength(1);
     const statuses = await waitFor('every daemon to know the leader', async () => {
       const all = await Promise.all(daemons.map(statusOf));
-      return all.every((s) => s.raft.leader === group.leader && s.raft.member === 'voter') ? all : undefined;
+      return all.every((s) => s.raft.leader === group.leader && s.raft.member !== 'none') ? all : undefined;
     }, 20_000, 300);
     expect(new Set(statuses.map((s) => s.raft.term)).size).toBe(1);
+    expect(statuses.filter((s) => s.raft.member === 'learner')).toHaveLength(1);
     // the human forms of both commands
     const table = await daemons[3]!.cli(['raft', 'peers']);
     expect(table.code).toBe(0);
-    expect(table.stdout.trim().split('\n')).toHaveLength(1 + 5 + 1);
+    expect(table.stdout.trim().split('\n')).toHaveLength(1 + 6 + 1);
     expect(table.stdout).toContain('leader');
     const status = await daemons[2]!.cli(['status']);
-    expect(status.stdout).toMatch(/raft\s+voter/);
+    expect(status.stdout).toMatch(/raft\s+(voter|learner)/);
     expect(status.stdout).toContain(group.leader!);
   }, 90_000);
 

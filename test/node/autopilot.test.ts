@@ -13,30 +13,31 @@ describe('autopilot', () => {
     expect([1, 2, 3, 4, 5, 9].map((n) => voterTarget(n))).toEqual([1, 1, 3, 3, 5, 5]);
   });
 
-  test('alone with one other peer: nothing to do (two voters would stall on either loss)', () => {
-    expect(planVoterChange(input({ peers: [peer('a', 'z1'), peer('b', 'z1')] }))).toBeNull();
+  test('every healthy peer becomes a learner; with two peers there stays one voter (two would stall on either loss)', () => {
+    expect(planVoterChange(input({ peers: [peer('a', 'z1'), peer('b', 'z1')] }))).toMatchObject({ type: 'add-learner', peer: 'b' });
+    expect(planVoterChange(input({ learners: ['b'], match: new Map([['b', 10]]), peers: [peer('a', 'z1'), peer('b', 'z1')] }))).toBeNull();
   });
 
-  test('a new learner comes from the least represented zone', () => {
-    const action = planVoterChange(input({ peers: [peer('a', 'z1'), peer('b', 'z1'), peer('c', 'z2'), peer('d', 'z1')] }));
-    expect(action).toMatchObject({ type: 'add-learner', peer: 'c' });
+  test('voters are promoted from the least represented zone', () => {
+    const peers = [peer('a', 'z1'), peer('b', 'z1'), peer('c', 'z2'), peer('d', 'z1')];
+    const match = new Map([['b', 10], ['c', 10], ['d', 10]]);
+    expect(planVoterChange(input({ learners: ['b', 'c', 'd'], match, peers }))).toMatchObject({ type: 'promote', peer: 'c' });
   });
 
   test('a learner is promoted only once caught up', () => {
     const peers = [peer('a', 'z1'), peer('b', 'z2'), peer('c', 'z3')];
-    expect(planVoterChange(input({ learners: ['b'], peers, match: new Map([['b', 0]]) }))).toMatchObject({ type: 'add-learner', peer: 'c' });
-    expect(planVoterChange(input({ learners: ['b'], peers, match: new Map([['b', 10]]) }))).toMatchObject({ type: 'promote', peer: 'b' });
+    expect(planVoterChange(input({ learners: ['b', 'c'], peers, catchUpEntries: 5, match: new Map([['b', 0], ['c', 2]]) }))).toBeNull();
+    expect(planVoterChange(input({ learners: ['b', 'c'], peers, catchUpEntries: 5, match: new Map([['b', 10], ['c', 2]]) }))).toMatchObject({ type: 'promote', peer: 'b' });
   });
 
   test('a dead voter is kept during the grace period, then replaced before it is removed', () => {
     const voters = ['a', 'b', 'c'];
-    const base = { voters, match: new Map([['b', 10], ['c', 10], ['d', 10]]) };
+    const base = { voters, learners: ['d'], match: new Map([['b', 10], ['c', 10], ['d', 10]]) };
     const deadRecently = [peer('a', 'z1'), peer('b', 'z2'), peer('c', 'z3', 'dead', 5_000), peer('d', 'z3')];
     expect(planVoterChange(input({ ...base, peers: deadRecently }))).toBeNull();
     const deadLong = [peer('a', 'z1'), peer('b', 'z2'), peer('c', 'z3', 'dead', 40_000), peer('d', 'z3')];
-    expect(planVoterChange(input({ ...base, peers: deadLong }))).toMatchObject({ type: 'add-learner', peer: 'd' });
-    expect(planVoterChange(input({ ...base, learners: ['d'], peers: deadLong }))).toMatchObject({ type: 'promote', peer: 'd' });
-    expect(planVoterChange(input({ ...base, voters: [...voters, 'd'], peers: deadLong }))).toMatchObject({ type: 'remove', peer: 'c' });
+    expect(planVoterChange(input({ ...base, peers: deadLong }))).toMatchObject({ type: 'promote', peer: 'd' });
+    expect(planVoterChange(input({ ...base, voters: [...voters, 'd'], learners: [], peers: deadLong }))).toMatchObject({ type: 'remove', peer: 'c' });
   });
 
   test('with nobody to replace it, a long-dead voter is removed', () => {
@@ -46,7 +47,7 @@ describe('autopilot', () => {
 
   test('suspect or unknown voters are never removed', () => {
     const peers = [peer('a', 'z1'), peer('b', 'z2', 'suspect', 999_999)];
-    expect(planVoterChange(input({ voters: ['a', 'b', 'c'], peers }))).toBeNull();
+    expect(planVoterChange(input({ voters: ['a', 'b', 'c'], match: new Map([['b', 10], ['c', 10]]), peers }))).toBeNull();
   });
 
   test('property: never removes a voter that is not dead past grace, never removes itself, one change at a time', () => {
