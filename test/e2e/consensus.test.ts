@@ -147,4 +147,24 @@ describe('consensus across six daemons', () => {
     }, 60_000, 300);
     expect(group.peers.filter((p) => p.leader)).toHaveLength(1);
   }, 240_000);
+
+  test('a voter dead past the grace period is replaced; restarted, it drops its stale replica and rejoins', async () => {
+    const group = await client(alive()[0]!).raftPeers();
+    const victimId = group.peers.find((p) => p.role === 'voter' && !p.leader)!.peerId;
+    const victim = daemons.find((d) => peerIds.get(d) === victimId)!;
+    await victim.kill9();
+    const without = await waitFor('the dead voter to be replaced and removed', async () => {
+      const r = await client(alive()[0]!).raftPeers();
+      return !r.peers.some((p) => p.peerId === victimId) && r.peers.filter((p) => p.role === 'voter').length === 5 ? r : undefined;
+    }, 60_000, 300);
+    expect(without.peers.filter((p) => p.role === 'voter' && p.health === 'alive')).toHaveLength(5);
+    await victim.start(['agent']);
+    const back = await waitFor('the restarted peer to hold a replica again', async () => {
+      const s = await statusOf(victim);
+      return s.raft.member !== 'none' && s.raft.leader === without.leader && s.raft.applied >= without.commit ? s : undefined;
+    }, 60_000, 300);
+    expect(back.raft.member).toBe('learner');
+    // It reads the fabric state from its own replica again: every job is there.
+    expect((await client(victim).jobs(true)).length).toBe((await client(alive()[0]!).jobs(true)).length);
+  }, 120_000);
 });
