@@ -3,6 +3,10 @@ import { z } from 'zod';
 import { DeviceSchema, HostSchema, LinkSchema } from '../devices/model.ts';
 import { LabelsSchema } from '../gossip/state.ts';
 import { CheckpointSchema, JobSchema } from '../placement/fsm/state.ts';
+import { JobSpecSchema } from '../placement/spec.ts';
+
+export { JobSpecSchema };
+export type { JobSpec, JobSpecInput } from '../placement/spec.ts';
 
 export const PeerStatusSchema = z.enum(['alive', 'suspect', 'dead']);
 export type PeerStatus = z.infer<typeof PeerStatusSchema>;
@@ -106,16 +110,11 @@ export const RaftPeersResponseSchema = z.object({
 });
 export type RaftPeersResponse = z.infer<typeof RaftPeersResponseSchema>;
 
-const TenantName = z.string().min(1).max(64).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-", starting with a letter or digit');
-
+/** A job submission: the spec (placement/spec.ts, shared by CLI flags, spec files and this API). */
 export const JobSubmitRequestSchema = z.strictObject({
   /** Idempotency id: a retry with the same id never creates a second job. Chosen by the daemon when absent. */
   requestId: z.string().min(8).max(128).optional(),
-  name: z.string().min(1).max(256),
-  tenant: TenantName.default('default'),
-  priority: z.number().int().min(-1_000_000).max(1_000_000).default(0),
-  preemptible: z.boolean().default(false),
-  spec: z.record(z.string(), z.unknown()),
+  spec: JobSpecSchema,
 });
 export type JobSubmitRequest = z.infer<typeof JobSubmitRequestSchema>;
 

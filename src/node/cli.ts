@@ -8,6 +8,7 @@ import { multiaddr } from '@multiformats/multiaddr';
 import { FabricError } from '../core/index.ts';
 import { SIMULATED_PROFILES } from '../devices/fake/profiles.ts';
 import { registerClientCommands } from '../client/commands.ts';
+import { registerJobCommands } from '../client/job-commands.ts';
 import { action, addDataDirOption, dataDirOf, parseFlags } from '../client/cli-kit.ts';
 import { FabricClient } from '../client/client.ts';
 import type { LogLevel } from './system.ts';
@@ -154,5 +155,6 @@ export function buildProgram(): Command {
     );
 
   registerClientCommands(program);
+  registerJobCommands(program);
   return program;
 }

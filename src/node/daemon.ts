@@ -21,7 +21,8 @@ import type { MembershipListener } from '../gossip/membership.ts';
 import { createApiHandler } from '../api/routes.ts';
 import type { Job, JobCancelRequest, JobDetail, JobSubmitRequest, JobSubmitResponse, LabelsChange, NodeView, RaftPeersResponse, StatusResponse } from '../api/schemas.ts';
 import type { RaftHint } from '../gossip/state.ts';
-import type { ApplyResult } from '../placement/fsm/index.ts';
+import type { ApplyResult, JsonObject } from '../placement/fsm/index.ts';
+import { DEFAULT_TENANT } from '../placement/spec.ts';
 import { ControlPlane, type ControlPlaneOptions, type ControlPlanePeer } from './control-plane.ts';
 import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
@@ -348,16 +349,17 @@ export class Daemon {
   }
 
   async submitJob(req: JobSubmitRequest): Promise<JobSubmitResponse> {
+    const spec = req.spec;
     const { index, result } = await this.#control.submit({
       type: 'job.submit',
       requestId: req.requestId ?? randomBytes(16).toString('hex'),
       actor: `api@${this.peerId}`,
       jobId: `j-${randomBytes(6).toString('hex')}`,
-      tenant: req.tenant,
-      name: req.name,
-      priority: req.priority,
-      preemptible: req.preemptible,
-      spec: req.spec as never,
+      tenant: spec.tenant ?? DEFAULT_TENANT,
+      name: spec.name ?? defaultJobName(spec.command),
+      priority: spec.priority ?? 0,
+      preemptible: spec.preemptible ?? false,
+      spec: JSON.parse(JSON.stringify(spec)) as JsonObject,
     });
     return jobOutcome(result, index);
   }
@@ -447,6 +449,12 @@ export class Daemon {
     await Promise.resolve(this.#host.stop()).catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'libp2p stop failed'));
     this.#lock.release();
   }
+}
+
+/** A job without a name is called after its program, as `ps` would show it. */
+function defaultJobName(command: readonly string[] | undefined): string {
+  const program = command?.[0];
+  return program === undefined ? 'job' : (program.split('/').pop() ?? program).slice(0, 256) || 'job';
 }
 
 /** A job command's answer as the API gives it; a refusal of the state machine becomes an error. */

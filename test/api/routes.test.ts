@@ -90,14 +90,14 @@ describe('API routes', () => {
     }));
     try {
       const post = (path: string, body: unknown) => fetch(`${url}${path}`, { method: 'POST', headers: auth, body: JSON.stringify(body) });
-      const ok = await post('/v1/jobs', { name: 'train', spec: { gpus: 1 } });
+      const ok = await post('/v1/jobs', { spec: { name: 'train', gpus: 1, command: ['python', 'train.py'] } });
       expect(ok.status).toBe(200);
       expect(await ok.json()).toEqual({ jobId: 'j-1', state: 'queued', index: 7 });
-      expect(calls[0]).toEqual({ name: 'train', tenant: 'default', priority: 0, preemptible: false, spec: { gpus: 1 } });
-      const bad = await post('/v1/jobs', { name: '', tenant: 'no spaces', spec: 3, extra: true });
+      expect(calls[0]).toEqual({ spec: { name: 'train', gpus: 1, command: ['python', 'train.py'] } });
+      const bad = await post('/v1/jobs', { spec: { name: '', tenant: 'no spaces', gpus: 1.5, nodes: 0 }, extra: true });
       expect(bad.status).toBe(400);
       const msg = ((await bad.json()) as { error: { message: string } }).error.message;
-      for (const field of ['name', 'tenant', 'spec']) expect(msg).toContain(field);
+      for (const field of ['spec.name', 'spec.tenant', 'spec.gpus', 'spec.nodes', 'extra']) expect(msg).toContain(field);
       expect(calls).toHaveLength(1);
       expect((await fetch(`${url}/v1/jobs?all=1`, { headers: auth })).status).toBe(200);
       expect(calls[1]).toEqual({ all: true });

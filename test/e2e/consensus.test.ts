@@ -70,8 +70,8 @@ describe('consensus across six daemons', () => {
 
   test('writes from any daemon land once; a retried request id returns the first answer; reads see every acknowledged write', async () => {
     const requestId = `rq-${randomBytes(8).toString('hex')}`;
-    const a = await client(daemons[4]!).submitJob({ requestId, name: 'once', spec: { gpus: 1 } });
-    const b = await client(daemons[1]!).submitJob({ requestId, name: 'once', spec: { gpus: 1 } });
+    const a = await client(daemons[4]!).submitJob({ requestId, spec: { name: 'once', gpus: 1 } });
+    const b = await client(daemons[1]!).submitJob({ requestId, spec: { name: 'once', gpus: 1 } });
     expect(b.jobId).toBe(a.jobId);
     for (const d of daemons) {
       const jobs = await client(d).jobs(true);
@@ -99,7 +99,7 @@ describe('consensus across six daemons', () => {
           const d = targets[(i + attempts) % targets.length]!;
           attempts++;
           try {
-            const r = await client(d).submitJob({ requestId, name, spec: {} });
+            const r = await client(d).submitJob({ requestId, spec: { name } });
             acked.set(name, r.jobId);
             break;
           } catch {

@@ -156,7 +156,7 @@ describe('a hostile peer inside the private network', () => {
     expect(after.voters).toEqual(before.voters);
     expect(after.commit).toBe(before.commit);
     // and the group still commits
-    const job = await FabricClient.fromDataDir(d.dataDir).submitJob({ name: 'after-the-garbage', spec: {} });
+    const job = await FabricClient.fromDataDir(d.dataDir).submitJob({ spec: { name: 'after-the-garbage' } });
     expect(job.state).toBe('queued');
     expect((await d.status()).raft.commit).toBeGreaterThan(before.commit);
     expect(d.child?.exitCode).toBeNull();
