@@ -111,25 +111,28 @@ describe('consensus across six daemons', () => {
     })();
 
     const leaders: string[] = [];
-    for (let round = 0; round < 3; round++) {
-      const before = acked.size;
-      await waitFor('writes to flow', () => acked.size >= before + 5 || undefined, 30_000, 100);
-      const leader = (await statusOf(alive()[0]!)).raft.leader!;
-      leaders.push(leader);
-      const victim = leaderDaemon(leader)!;
-      await victim.kill9();
-      const next = await waitFor('a new leader', async () => {
-        const s = await statusOf(alive()[0]!);
-        return s.raft.leader !== null && s.raft.leader !== leader ? s.raft.leader : undefined;
-      }, 30_000, 100);
-      expect(next).not.toBe(leader);
-      const afterKill = acked.size;
-      await waitFor('writes to flow again', () => acked.size >= afterKill + 3 || undefined, 30_000, 100);
-      // Bring the host back: it rejoins under the same identity and the autopilot takes it in again.
-      await victim.start(['agent']);
+    try {
+      for (let round = 0; round < 3; round++) {
+        const before = acked.size;
+        await waitFor('writes to flow', () => acked.size >= before + 5 || undefined, 30_000, 100);
+        const leader = await waitFor('a known leader', async () => (await statusOf(alive()[0]!)).raft.leader ?? undefined, 30_000, 100);
+        leaders.push(leader);
+        const victim = leaderDaemon(leader)!;
+        await victim.kill9();
+        const next = await waitFor('a new leader', async () => {
+          const s = await statusOf(alive()[0]!);
+          return s.raft.leader !== null && s.raft.leader !== leader ? s.raft.leader : undefined;
+        }, 30_000, 100);
+        expect(next).not.toBe(leader);
+        const afterKill = acked.size;
+        await waitFor('writes to flow again', () => acked.size >= afterKill + 3 || undefined, 30_000, 100);
+        // Bring the host back: it rejoins under the same identity and the autopilot takes it in again.
+        await victim.start(['agent']);
+      }
+    } finally {
+      stop = true;
+      await writer;
     }
-    stop = true;
-    await writer;
     expect(new Set(leaders).size).toBeGreaterThanOrEqual(2);
 
     // Every acknowledged write is there exactly once, on every daemon's linearizable read.
