@@ -71,7 +71,10 @@ export class ControlPlane {
   /** A leader named by a peer that refused our request: tried first on the next attempt. */
   #redirect: string | null = null;
   #stopped = false;
+  readonly #startedAt = Date.now();
   readonly #fatalListeners = new Set<(err: Error) => void>();
+  readonly #appliedListeners = new Set<() => void>();
+  #appliedScheduled = false;
   /** Since when this member has not heard from a leader (local clock), for the removal check. */
   #leaderlessSince: number | undefined;
   #removedStrikes = 0;
@@ -90,10 +93,15 @@ export class ControlPlane {
       dir: opts.dir,
       log: opts.log,
       stateMachine: {
-        apply: (index, data) => this.#fsm.apply(index, data),
+        apply: (index, data) => {
+          const result = this.#fsm.apply(index, data);
+          this.#notifyApplied();
+          return result;
+        },
         snapshot: () => this.#fsm.snapshot(),
         restore: (data) => {
           this.#fsm = FabricStateMachine.restore(data);
+          this.#notifyApplied();
         },
       },
       ...(bootstrap ? { bootstrap: { voters: [this.id] } } : {}),
@@ -122,6 +130,30 @@ export class ControlPlane {
     clearInterval(this.#autopilotTimer);
     await this.#o.host.unhandle(RPC_PROTOCOL).catch(() => undefined);
     await this.#raft.stop();
+  }
+
+  /**
+   * Calls `listener` soon after entries were applied to this replica (once per burst, not per
+   * entry): the cue for whoever acts on the state, like the job agent. Returns the unsubscribe.
+   */
+  onApplied(listener: () => void): () => void {
+    this.#appliedListeners.add(listener);
+    return () => this.#appliedListeners.delete(listener);
+  }
+
+  #notifyApplied(): void {
+    if (this.#appliedScheduled || this.#appliedListeners.size === 0) return;
+    this.#appliedScheduled = true;
+    setImmediate(() => {
+      this.#appliedScheduled = false;
+      for (const listener of this.#appliedListeners) {
+        try {
+          listener();
+        } catch (err) {
+          this.#log.error({ err: errorMessage(err) }, 'applied-entries listener failed');
+        }
+      }
+    });
   }
 
   /** The node stopped on an error it cannot recover from (the disk failed): the daemon must exit. */
@@ -180,6 +212,16 @@ export class ControlPlane {
   localStatus(): RaftStatusView & { lastIndex: number } {
     const s = this.#raft.status();
     return { ...this.#statusView(s), lastIndex: s.lastIndex };
+  }
+
+  /** How long ago this node last heard from the leader it knows (0 on the leader; Infinity with none). */
+  localContactAgeMs(): number {
+    return this.#raft.status().leaderContactAgeMs ?? Number.POSITIVE_INFINITY;
+  }
+
+  /** How long Raft has heard nothing from `peer` (ms); since this node started when it never has. */
+  silenceOf(peer: string): number {
+    return this.#raft.lastHeardFromMs(peer) ?? Date.now() - this.#startedAt;
   }
 
   /** The voters and learners with their health and lag, as the leader sees them. */

@@ -5,6 +5,7 @@
 import { createServer, type Server } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { unlinkSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import type { AddressInfo } from 'node:net';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
@@ -24,6 +25,10 @@ import type { RaftHint } from '../gossip/state.ts';
 import type { ApplyResult, JsonObject } from '../placement/fsm/index.ts';
 import { DEFAULT_TENANT } from '../placement/spec.ts';
 import { ControlPlane, type ControlPlaneOptions, type ControlPlanePeer } from './control-plane.ts';
+import { JobRunner } from '../runner/index.ts';
+import { JobLauncher } from './job-launcher.ts';
+import { killOrphanJobs } from './job-procs.ts';
+import { JobAgent } from './job-agent.ts';
 import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
 import { loadIdentityKey, loadSwarmKey } from './identity.ts';
@@ -75,12 +80,15 @@ export class Daemon {
   #apiUrl = '';
   #timers: NodeJS.Timeout[] = [];
   #stopping = false;
+  readonly #launcher: JobLauncher;
+  readonly #runner: JobRunner;
+  readonly #agent: JobAgent;
   #persistTimer: NodeJS.Timeout | undefined;
   readonly #rediscoverMs: number;
 
   private constructor(init: {
     paths: DataDirPaths; config: DaemonConfig; state: DaemonState; log: Logger; host: FabricHost; gossip: GossipService; lock: DataDirLock; rediscoverMs: number;
-    raft: ControlPlaneOptions['raft']; onFatal: ((err: Error) => void) | undefined; raftLog: Logger;
+    raft: ControlPlaneOptions['raft']; onFatal: ((err: Error) => void) | undefined; raftLog: Logger; jobLog: Logger;
   }) {
     this.paths = init.paths;
     this.config = init.config;
@@ -101,6 +109,25 @@ export class Daemon {
       publishHint: (hint) => this.#publishRaftHint(hint),
       wallNow: () => Date.now(),
       ...(init.raft !== undefined ? { raft: init.raft } : {}),
+    });
+    // Jobs of an earlier run of this daemon that outlived it (they should not: see job-shim.ts).
+    const orphans = killOrphanJobs(this.peerId);
+    if (orphans > 0) this.#log.warn({ orphans }, 'killed job processes left over from an earlier run');
+    this.#launcher = new JobLauncher({ owner: this.peerId, log: init.jobLog });
+    const rng = systemRng();
+    this.#runner = new JobRunner({ launcher: this.#launcher, clock: systemClock, rng, log: init.jobLog, onEvent: (e) => this.#agent.onRunEvent(e) });
+    this.#agent = new JobAgent({
+      peerId: this.peerId,
+      control: this.#control,
+      runner: this.#runner,
+      devices: () => this.#gossip.selfState().inventory.devices,
+      jobsDir: init.paths.jobs,
+      baseEnv: process.env,
+      checkpointCommit: `${shellQuote(process.execPath)} ${shellQuote(CLI_ENTRY)} checkpoint commit`,
+      extraEnv: { FABRIC_DATA_DIR: init.paths.dir },
+      gangAddress: (peer) => hostAddress(this.#gossip.membership.get(peer)?.state?.addrs ?? []),
+      rng,
+      log: init.jobLog,
     });
     this.#control.onFatal((err) => {
       this.#log.error({ err: errorMessage(err) }, 'the raft node failed; the daemon stops');
@@ -163,7 +190,7 @@ export class Daemon {
       verify: verifyByPeerId,
       log: opts.log.child({ module: 'gossip' }),
     });
-    const daemon = new Daemon({ paths, config, state, log, host, gossip, lock, rediscoverMs: opts.rediscoverMs ?? 30_000, raft: opts.raft, onFatal: opts.onFatal, raftLog: opts.log.child({ module: 'raft' }) });
+    const daemon = new Daemon({ paths, config, state, log, host, gossip, lock, rediscoverMs: opts.rediscoverMs ?? 30_000, raft: opts.raft, onFatal: opts.onFatal, raftLog: opts.log.child({ module: 'raft' }), jobLog: opts.log.child({ module: 'jobs' }) });
     try {
       await daemon.#run();
     } catch (err) {
@@ -198,6 +225,7 @@ export class Daemon {
     await this.#gossip.updateSelf((s) => ({ ...s, addrs: this.#selfAddrs() }));
     await this.#gossip.start();
     await this.#control.start();
+    this.#agent.start();
     if (this.config.raft.bootstrap) {
       // The group exists on disk now: never bootstrap a second one (say, if the raft dir were lost).
       this.config.raft.bootstrap = false;
@@ -444,11 +472,31 @@ export class Daemon {
     } catch {
       // already gone
     }
+    await this.#agent.stop().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'stopping jobs failed'));
+    await this.#launcher.close().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'closing the job launcher failed'));
     await this.#control.stop().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'raft stop failed'));
     this.#gossip.stop();
     await Promise.resolve(this.#host.stop()).catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'libp2p stop failed'));
     this.#lock.release();
   }
+}
+
+/** Where this daemon's CLI lives: what a job runs to commit a checkpoint. */
+const CLI_ENTRY = fileURLToPath(new URL('./main.ts', import.meta.url));
+
+function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", "'\\''")}'`;
+}
+
+/** The IP a peer is reached at, from its multiaddrs (IPv4 first; wildcard addresses skipped). */
+export function hostAddress(addrs: readonly string[]): string | undefined {
+  for (const proto of ['ip4', 'ip6']) {
+    for (const a of addrs) {
+      const m = new RegExp(`^/${proto}/([^/]+)/tcp/`).exec(a);
+      if (m !== null && m[1] !== '0.0.0.0' && m[1] !== '::') return m[1];
+    }
+  }
+  return undefined;
 }
 
 /** A job without a name is called after its program, as `ps` would show it. */

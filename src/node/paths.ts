@@ -12,6 +12,8 @@ export function dataDirPaths(dir: string) {
     lock: join(dir, 'daemon.lock'),
     log: join(dir, 'daemon.log'),
     raft: join(dir, 'raft'),
+    jobs: join(dir, 'jobs'),
+    checkpoints: join(dir, 'checkpoints'),
   };
 }
 export type DataDirPaths = ReturnType<typeof dataDirPaths>;

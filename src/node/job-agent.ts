@@ -1,0 +1,314 @@
+/**
+ * The job agent: what every host does with the allocations the replicated state gives it, in the
+ * manner of a kubelet. It reconciles its replica against the processes it runs: an allocation of
+ * this peer whose job is placed or running, at the job's current epoch, gets a run; a run whose
+ * allocation is gone (cancelled, re-placed, released) is stopped. What the runs do is reported
+ * back as `job.transition` commands, with request ids made of (job, attempt, state) so that a
+ * report retried after a leader change is applied once.
+ *
+ * Fencing: a host that has not heard from the Raft leader for `leaseMs` stops every job it runs
+ * and starts none until it hears again. The leader, for its part, re-places a job only after it
+ * has heard nothing from the job's host for longer than that lease plus the stop grace, so the
+ * old run has ended before the new one can start: a job never runs twice at once, even across a
+ * partition.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { errorMessage, type Logger, type Rng } from '../core/index.ts';
+import type { Device } from '../devices/model.ts';
+import type { Allocation, Checkpoint, Job } from '../placement/fsm/index.ts';
+import {
+  assignDevices,
+  decideRetry,
+  NO_RETRY,
+  RetryPolicySchema,
+  type JobRun,
+  type JobRunner,
+  type RunEvent,
+  type RunResult,
+  type AttemptFailure,
+} from '../runner/index.ts';
+import type { ControlPlane, CommandRequest } from './control-plane.ts';
+
+/** Without word from the leader this long, a host stops its jobs. */
+export const DEFAULT_LEASE_MS = 2_000;
+/** SIGTERM to SIGKILL when fenced: short, the job may already run elsewhere soon. */
+export const FENCE_STOP_GRACE_MS = 500;
+
+export interface JobAgentOptions {
+  peerId: string;
+  control: ControlPlane;
+  runner: JobRunner;
+  /** This host's devices, as discovered now. */
+  devices(): readonly Device[];
+  /** Where jobs live on this host: `<jobsDir>/<jobId>/{work,logs,checkpoint,restore}`. */
+  jobsDir: string;
+  /** The environment jobs start from (the daemon's, normally). */
+  baseEnv: Readonly<Record<string, string | undefined>>;
+  /** The shell command a job runs to commit a checkpoint (FABRIC_CHECKPOINT_COMMIT). */
+  checkpointCommit: string;
+  /** More FABRIC_* variables (how the commit command finds this daemon). */
+  extraEnv: Readonly<Record<string, string>>;
+  /** The host address other members of a gang reach this one at (MASTER_ADDR when this is rank 0). */
+  gangAddress(peerId: string): string | undefined;
+  /** Restores a committed checkpoint into `dir` (fetching chunks as needed); undefined: nothing restored. */
+  restore?(job: Readonly<Job>, checkpoint: Readonly<Checkpoint>, dir: string): Promise<void>;
+  rng: Rng;
+  log: Logger;
+  leaseMs?: number;
+}
+
+interface Local {
+  jobId: string;
+  epoch: number;
+  attempt: number;
+  run: JobRun;
+  /** Stopped by this agent (cancel, re-placement, fencing): its end is not the job's news. */
+  stoppedByUs: boolean;
+}
+
+export class JobAgent {
+  readonly #o: JobAgentOptions;
+  readonly #log: Logger;
+  readonly #leaseMs: number;
+  readonly #local = new Map<string, Local>();
+  /** Reports not yet acknowledged by the leader, by request id. */
+  readonly #pending = new Map<string, CommandRequest>();
+  #timer: NodeJS.Timeout | undefined;
+  #unsubscribe: (() => void) | undefined;
+  #fenced = false;
+  #stopped = false;
+  #reconciling = false;
+  #again = false;
+
+  constructor(opts: JobAgentOptions) {
+    this.#o = opts;
+    this.#log = opts.log;
+    this.#leaseMs = opts.leaseMs ?? DEFAULT_LEASE_MS;
+  }
+
+  start(): void {
+    mkdirSync(this.#o.jobsDir, { recursive: true });
+    this.#unsubscribe = this.#o.control.onApplied(() => this.reconcile());
+    this.#timer = setInterval(() => this.reconcile(), 200);
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#timer);
+    this.#unsubscribe?.();
+    await this.#o.runner.stopAll('lost', 'the daemon is stopping', FENCE_STOP_GRACE_MS);
+  }
+
+  /** Jobs running here now. */
+  running(): { jobId: string; epoch: number; attempt: number; pid: number | null }[] {
+    return [...this.#local.values()].map((l) => ({ jobId: l.jobId, epoch: l.epoch, attempt: l.attempt, pid: l.run.pid }));
+  }
+
+  /** Where a job's logs are on this host. */
+  logDir(jobId: string): string {
+    return join(this.#o.jobsDir, jobId, 'logs');
+  }
+
+  checkpointDir(jobId: string): string {
+    return join(this.#o.jobsDir, jobId, 'checkpoint');
+  }
+
+  reconcile(): void {
+    if (this.#stopped) return;
+    if (this.#reconciling) {
+      this.#again = true;
+      return;
+    }
+    this.#reconciling = true;
+    try {
+      this.#reconcileOnce();
+    } catch (err) {
+      this.#log.error({ err: errorMessage(err) }, 'job reconcile failed');
+    } finally {
+      this.#reconciling = false;
+    }
+    if (this.#again) {
+      this.#again = false;
+      setImmediate(() => this.reconcile());
+    }
+  }
+
+  #reconcileOnce(): void {
+    const control = this.#o.control;
+    const status = control.localStatus();
+    const inTouch = status.member !== 'none' && status.leader !== null && (status.role === 'leader' || control.localContactAgeMs() < this.#leaseMs);
+    if (!inTouch) {
+      if (!this.#fenced && this.#local.size > 0) this.#log.warn({ jobs: [...this.#local.keys()] }, 'no word from the raft leader within the lease: stopping every job here');
+      this.#fenced = true;
+      for (const l of this.#local.values()) this.#stopLocal(l, 'lost', 'this host lost touch with the fabric leader', FENCE_STOP_GRACE_MS);
+      return;
+    }
+    if (this.#fenced) this.#log.info({}, 'in touch with the raft leader again');
+    this.#fenced = false;
+    this.#flushReports();
+
+    const state = control.state;
+    const wanted = new Map<string, { alloc: Allocation; job: Readonly<Job> }>();
+    for (const alloc of state.allocationsOn(this.#o.peerId)) {
+      const job = state.job(alloc.jobId);
+      if (job === undefined || job.epoch !== alloc.epoch || (job.state !== 'placed' && job.state !== 'running')) continue;
+      wanted.set(job.id, { alloc, job });
+    }
+    // Stop what is no longer ours (or is ours at another epoch).
+    for (const l of this.#local.values()) {
+      const w = wanted.get(l.jobId);
+      if (w !== undefined && w.alloc.epoch === l.epoch) continue;
+      const job = state.job(l.jobId);
+      const cancelled = job?.state === 'cancelled';
+      this.#stopLocal(l, cancelled ? 'cancelled' : 'restarting', cancelled ? (job?.reason ?? 'cancelled') : 'the job was released or placed elsewhere');
+    }
+    // Start what is ours and not running (once the previous run of the job has fully ended).
+    for (const { alloc, job } of wanted.values()) {
+      if (this.#local.has(job.id) || this.#o.runner.get(job.id) !== undefined) continue;
+      this.#startRun(alloc, job);
+    }
+  }
+
+  #startRun(alloc: Allocation, job: Readonly<Job>): void {
+    const spec = job.spec as Record<string, unknown>;
+    const argv = Array.isArray(spec['command']) ? (spec['command'] as string[]) : [];
+    const base = join(this.#o.jobsDir, job.id);
+    const work = typeof spec['workdir'] === 'string' ? spec['workdir'] : join(base, 'work');
+    const checkpointDir = typeof spec['checkpointDir'] === 'string' ? spec['checkpointDir'] : this.checkpointDir(job.id);
+    const attempt = job.attempt;
+    const peerIds = job.attempts.at(-1)?.peerIds ?? [this.#o.peerId];
+    const rank = Math.max(0, peerIds.indexOf(this.#o.peerId));
+    let run: JobRun;
+    try {
+      if (argv.length === 0) throw new Error('the job has no command');
+      for (const dir of [work, checkpointDir, this.logDir(job.id)]) mkdirSync(dir, { recursive: true });
+      const devices = assignDevices(alloc.devices, this.#o.devices());
+      const env = typeof spec['env'] === 'object' && spec['env'] !== null ? (spec['env'] as Record<string, string>) : {};
+      const master = peerIds.length > 1 ? this.#o.gangAddress(peerIds[0]!) : undefined;
+      if (peerIds.length > 1 && master === undefined) throw new Error(`the gang's first member ${peerIds[0]} has no reachable address`);
+      run = this.#o.runner.start(
+        {
+          jobId: job.id,
+          argv,
+          cwd: work,
+          logDir: this.logDir(job.id),
+          firstAttempt: attempt,
+          retry: NO_RETRY, // retries are the fabric's: a failed attempt is re-placed, maybe elsewhere
+          env: {
+            base: { ...this.#o.baseEnv, ...env },
+            devices,
+            ...(peerIds.length > 1 ? { gang: { masterAddr: master!, masterPort: gangPort(job.id, alloc.epoch), nodeRank: rank, nodes: peerIds.length } } : {}),
+            checkpointDir,
+            checkpointCommit: this.#o.checkpointCommit,
+            extra: { ...this.#o.extraEnv, FABRIC_EPOCH: String(alloc.epoch) },
+          },
+        },
+        { prepareAttempt: () => this.#prepare(job, base) },
+      );
+    } catch (err) {
+      this.#log.warn({ jobId: job.id, err: errorMessage(err) }, 'cannot start the job');
+      this.#report(job.id, attempt, 'failed', `cannot start on ${this.#o.peerId}: ${errorMessage(err)}`);
+      return;
+    }
+    const local: Local = { jobId: job.id, epoch: alloc.epoch, attempt, run, stoppedByUs: false };
+    this.#local.set(job.id, local);
+    this.#log.info({ jobId: job.id, attempt, epoch: alloc.epoch, rank }, 'job starting');
+    void run.result.then((result) => this.#ended(local, result, rank));
+  }
+
+  /** Before the process starts: restore the job's latest committed checkpoint, if it has one. */
+  async #prepare(job: Readonly<Job>, base: string): Promise<{ restoreDir?: string }> {
+    const latest = this.#o.control.state.checkpoints(job.id).at(-1);
+    if (latest === undefined || this.#o.restore === undefined) return {};
+    const dir = join(base, `restore-${latest.step}`);
+    await this.#o.restore(job, latest, dir);
+    this.#log.info({ jobId: job.id, step: latest.step, dir }, 'checkpoint restored');
+    return { restoreDir: dir };
+  }
+
+  /** Run events: a started attempt is news for the state. */
+  onRunEvent(event: RunEvent): void {
+    if (event.type !== 'attempt-started') return;
+    const local = this.#local.get(event.jobId);
+    if (local === undefined || local.stoppedByUs) return;
+    this.#report(local.jobId, local.attempt, 'running', null);
+  }
+
+  #ended(local: Local, result: RunResult, rank: number): void {
+    if (this.#local.get(local.jobId) === local) this.#local.delete(local.jobId);
+    if (!local.stoppedByUs && !this.#stopped) {
+      const last = result.attempts.at(-1);
+      if (result.outcome === 'succeeded') {
+        // A gang is done when its first member is; the others' ends are not the job's.
+        if (rank === 0) this.#report(local.jobId, local.attempt, 'succeeded', null, 0);
+      } else if (result.outcome === 'failed') {
+        const job = this.#o.control.state.job(local.jobId);
+        const policy = RetryPolicySchema.safeParse((job?.spec as Record<string, unknown> | undefined)?.['retry'] ?? { maxAttempts: 1 });
+        const failure: AttemptFailure = last?.exit?.kind === 'exited' ? 'exit-code' : last?.exit?.kind === 'signaled' ? 'signal' : last?.exit?.kind === 'spawn-failed' ? 'spawn-failed' : 'supervisor-lost';
+        const decision = decideRetry(policy.success ? policy.data : NO_RETRY, local.attempt, failure, this.#o.rng);
+        const why = result.reason ?? 'the job failed';
+        if (decision.retry) this.#report(local.jobId, local.attempt, 'restarting', `${why}; retrying after ${decision.delayMs} ms`, result.exitCode ?? undefined, decision.delayMs);
+        else this.#report(local.jobId, local.attempt, 'failed', `${why} (${decision.why})`, result.exitCode ?? undefined);
+      }
+    }
+    this.reconcile();
+  }
+
+  #stopLocal(local: Local, outcome: 'cancelled' | 'lost' | 'restarting', reason: string, graceMs?: number): void {
+    if (local.stoppedByUs && graceMs === undefined) return;
+    local.stoppedByUs = true;
+    this.#o.runner.stop(local.jobId, outcome, reason, graceMs);
+  }
+
+  /** Queues a transition for the leader; `retryInMs` delays it (the backoff before a re-placement). */
+  #report(jobId: string, attempt: number, to: 'running' | 'succeeded' | 'failed' | 'restarting', reason: string | null, exitCode?: number, retryInMs = 0): void {
+    const requestId = `${jobId}:${attempt}:${to}`;
+    const request: CommandRequest = {
+      type: 'job.transition',
+      requestId,
+      actor: this.#o.peerId,
+      jobId,
+      attempt,
+      to,
+      ...(reason !== null ? { reason: reason.slice(0, 1024) } : {}),
+      ...(exitCode !== undefined ? { exitCode } : {}),
+    };
+    const send = () => {
+      this.#pending.set(requestId, request);
+      this.#flushReports();
+    };
+    if (retryInMs > 0) setTimeout(send, retryInMs).unref();
+    else send();
+  }
+
+  #flushing = false;
+  #flushReports(): void {
+    if (this.#flushing || this.#pending.size === 0 || this.#stopped) return;
+    this.#flushing = true;
+    void (async () => {
+      try {
+        for (const [id, request] of [...this.#pending]) {
+          try {
+            const { result } = await this.#o.control.submit(request, { timeoutMs: 5_000 });
+            // Refusals are final (a stale attempt, a job cancelled meanwhile): nothing to retry.
+            if (!result.ok) this.#log.debug({ request: id, code: result.code, message: result.message }, 'job report refused');
+            this.#pending.delete(id);
+          } catch (err) {
+            this.#log.debug({ request: id, err: errorMessage(err) }, 'job report not delivered yet');
+            return;
+          }
+        }
+      } finally {
+        this.#flushing = false;
+      }
+    })();
+  }
+}
+
+/** The rendezvous port of a gang: the same on every member, different between jobs and epochs. */
+export function gangPort(jobId: string, epoch: number): number {
+  let h = epoch * 2654435761;
+  for (let i = 0; i < jobId.length; i++) h = (Math.imul(h ^ jobId.charCodeAt(i), 16777619) >>> 0);
+  return 29_500 + (h % 10_000);
+}
