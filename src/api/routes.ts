@@ -8,11 +8,15 @@ import { FabricError, errorMessage, type Logger } from '../core/index.ts';
 import type { z } from 'zod';
 import {
   JobCancelRequestSchema,
+  JobLogsQuerySchema,
   JobSubmitRequestSchema,
   LabelsChangeSchema,
   type Job,
   type JobCancelRequest,
+  type ExplainResponse,
   type JobDetail,
+  type JobLogsQuery,
+  type JobLogsResponse,
   type JobSubmitRequest,
   type JobSubmitResponse,
   type LabelsChange,
@@ -35,6 +39,10 @@ export interface ApiBackend {
   jobs(all: boolean): Promise<Job[]>;
   job(id: string): Promise<JobDetail>;
   cancelJob(id: string, request: JobCancelRequest): Promise<JobSubmitResponse>;
+  /** A range of a job's output, read from the peer it runs on. */
+  jobLogs(id: string, query: JobLogsQuery): Promise<JobLogsResponse>;
+  /** Why a job waits, or where it went and why (asked of the leader). */
+  explainJob(id: string): Promise<ExplainResponse>;
 }
 
 const MAX_BODY_BYTES = 1024 * 1024;
@@ -64,8 +72,17 @@ const ROUTES: readonly Route[] = [
   { method: 'POST', path: '/v1/jobs', body: JobSubmitRequestSchema, run: (b, r) => b.submitJob(r.body as JobSubmitRequest) },
   { method: 'GET', path: '/v1/jobs', run: async (b, r) => ({ jobs: await b.jobs(['1', 'true'].includes(r.query.get('all') ?? '')) }) },
   { method: 'GET', path: '/v1/jobs/:id', run: async (b, r) => ({ job: await b.job(r.params['id']!) }) },
+  { method: 'GET', path: '/v1/jobs/:id/explain', run: (b, r) => b.explainJob(r.params['id']!) },
+  { method: 'GET', path: '/v1/jobs/:id/logs', run: (b, r) => b.jobLogs(r.params['id']!, parseQuery(JobLogsQuerySchema, r.query)) },
   { method: 'POST', path: '/v1/jobs/:id/cancel', body: JobCancelRequestSchema, run: (b, r) => b.cancelJob(r.params['id']!, r.body as JobCancelRequest) },
 ];
+
+/** Query parameters through a schema; every bad one named. */
+function parseQuery<T>(schema: z.ZodType<T>, query: URLSearchParams): T {
+  const parsed = schema.safeParse(Object.fromEntries(query));
+  if (!parsed.success) throw new FabricError('BAD_INPUT', parsed.error.issues.map((i) => `${i.path.join('.') || '(query)'}: ${i.message}`).join('; '));
+  return parsed.data;
+}
 
 /** Matches a path against a route pattern; returns the params, or undefined. */
 function matchPath(pattern: string, path: string): Record<string, string> | undefined {

@@ -130,3 +130,52 @@ export const JobsResponseSchema = z.object({ jobs: z.array(JobSchema) });
 export const JobDetailSchema = JobSchema.extend({ checkpoints: z.array(CheckpointSchema) });
 export type JobDetail = z.infer<typeof JobDetailSchema>;
 export const JobResponseSchema = z.object({ job: JobDetailSchema });
+
+export const JobLogsQuerySchema = z.object({
+  stream: z.enum(['stdout', 'stderr']).default('stdout'),
+  /** Stream offset to read from; absent: the tail. */
+  from: z.coerce.number().int().min(0).optional(),
+  tail: z.coerce.number().int().min(0).max(1024 * 1024).default(64 * 1024),
+  /** Hold the answer up to this long for new output (following). */
+  wait: z.coerce.number().int().min(0).max(30_000).default(0),
+});
+export type JobLogsQuery = z.infer<typeof JobLogsQuerySchema>;
+
+export const JobLogsResponseSchema = z.object({
+  jobId: z.string(),
+  /** The peer the output was read from: where the job's latest attempt runs or ran. */
+  peerId: z.string(),
+  attempt: z.number(),
+  state: z.string(),
+  start: z.number(),
+  end: z.number(),
+  /** Output lost to log rotation between the asked offset and `start`. */
+  dropped: z.number(),
+  size: z.number(),
+  /** The bytes, base64. */
+  data: z.string(),
+});
+export type JobLogsResponse = z.infer<typeof JobLogsResponseSchema>;
+
+const PeerScoreSchema = z.object({ peerId: z.string(), total: z.number(), plugins: z.record(z.string(), z.number()) });
+
+/** Why a job waits, or why it went where it did (the scheduler's explanation, computed on the leader). */
+export const ExplanationSchema = z.object({
+  jobId: z.string(),
+  peers: z.number(),
+  feasible: z.number(),
+  removed: z.array(z.object({ filter: z.string(), reason: z.string(), count: z.number(), code: z.string() })),
+  shape: z.string(),
+  sizing: z.string().nullable(),
+  chosen: z.array(PeerScoreSchema.extend({ devices: z.array(z.string()) })),
+  runnersUp: z.array(PeerScoreSchema),
+  summary: z.string(),
+});
+export type ExplanationView = z.infer<typeof ExplanationSchema>;
+
+export const ExplainResponseSchema = z.object({
+  state: z.string(),
+  explanation: ExplanationSchema.nullable(),
+  note: z.string().nullable(),
+});
+export type ExplainResponse = z.infer<typeof ExplainResponseSchema>;

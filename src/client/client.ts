@@ -6,6 +6,8 @@ import { FabricError, errorMessage, toErrorCode } from '../core/index.ts';
 import { API_FILE_NAME, ApiFileSchema, type ApiFile } from '../api/endpoint.ts';
 import {
   ErrorResponseSchema,
+  ExplainResponseSchema,
+  JobLogsResponseSchema,
   JobResponseSchema,
   JobSubmitResponseSchema,
   JobsResponseSchema,
@@ -80,6 +82,16 @@ export class FabricClient {
 
   async job(id: string) {
     return (await this.#get(`/v1/jobs/${encodeURIComponent(id)}`, JobResponseSchema)).job;
+  }
+
+  jobLogs(id: string, query: { stream?: 'stdout' | 'stderr'; from?: number; tail?: number; wait?: number } = {}) {
+    const params = new URLSearchParams();
+    for (const [k, v] of Object.entries(query)) if (v !== undefined) params.set(k, String(v));
+    return this.#get(`/v1/jobs/${encodeURIComponent(id)}/logs?${params.toString()}`, JobLogsResponseSchema);
+  }
+
+  explainJob(id: string) {
+    return this.#get(`/v1/jobs/${encodeURIComponent(id)}/explain`, ExplainResponseSchema);
   }
 
   cancelJob(id: string, request: JobCancelRequest = {}) {

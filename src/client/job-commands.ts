@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { FabricError, errorMessage } from '../core/index.ts';
-import { JobSpecSchema, type Job, type JobDetail, type JobSpecInput } from '../api/schemas.ts';
+import { JobSpecSchema, type ExplainResponse, type ExplanationView, type Job, type JobDetail, type JobSpecInput } from '../api/schemas.ts';
 import { FabricClient } from './client.ts';
 import { action, addDataDirOption, dataDirOf, parseFlags, printJson } from './cli-kit.ts';
 import { formatAge, shortPeerId, table } from './format.ts';
@@ -42,6 +42,8 @@ const RunFlagsSchema = z.object({
   workdir: z.string().optional(),
   checkpointDir: z.string().optional(),
   waitForCapacity: z.boolean().optional(),
+  retries: z.coerce.number().int().min(0).max(999).optional(),
+  retryBackoffMs: z.coerce.number().int().min(0).max(3_600_000).optional(),
 });
 type RunFlags = z.infer<typeof RunFlagsSchema>;
 
@@ -72,6 +74,7 @@ export function specFromRunFlags(flags: RunFlags, command: string[]): JobSpecInp
   put('workdir', flags.workdir);
   put('checkpointDir', flags.checkpointDir);
   put('waitForCapacity', flags.waitForCapacity);
+  if (flags.retries !== undefined) spec['retry'] = { maxAttempts: flags.retries + 1, ...(flags.retryBackoffMs !== undefined ? { backoffBaseMs: flags.retryBackoffMs } : {}) };
   if (flags.params !== undefined || flags.dtype !== undefined || flags.mode !== undefined) {
     // Without --params the spec check names the missing model.params along with any other problem.
     spec['model'] = { ...(flags.params ? { params: flags.params } : {}), ...(flags.dtype ? { dtype: flags.dtype } : {}), ...(flags.mode ? { mode: flags.mode } : {}) };
@@ -132,6 +135,25 @@ export function jobDetail(job: JobDetail, now: number): string {
   return lines.join('\n');
 }
 
+export function explainText(id: string, r: ExplainResponse): string {
+  const lines = [`job ${id}: ${r.state}`];
+  if (r.note !== null) lines.push(r.note);
+  const e = r.explanation;
+  if (e === null) return lines.join('\n');
+  lines.push(`wants  ${e.shape}${e.sizing !== null ? ` (${e.sizing})` : ''}`);
+  lines.push(e.summary);
+  if (e.removed.length > 0) {
+    lines.push(table(['  FILTER', 'PEERS', 'WHY'], e.removed.map((r) => [`  ${r.filter}`, r.count.toLocaleString('en-US'), r.reason])));
+  }
+  if (e.chosen.length > 0) {
+    lines.push('chosen');
+    const plugins = Object.keys(e.chosen[0]!.plugins);
+    const row = (p: ExplanationView['runnersUp'][number], devices: string) => [`  ${shortPeerId(p.peerId)}`, p.total.toFixed(1), ...plugins.map((k) => (p.plugins[k] ?? 0).toFixed(1)), devices];
+    lines.push(table(['  PEER', 'SCORE', ...plugins.map((k) => k.toUpperCase()), 'DEVICES'], [...e.chosen.map((c) => row(c, c.devices.join(','))), ...e.runnersUp.map((c) => row(c, '(runner-up)'))]));
+  }
+  return lines.join('\n');
+}
+
 export function registerJobCommands(program: Command): void {
   const run = program
     .command('run')
@@ -161,8 +183,10 @@ export function registerJobCommands(program: Command): void {
     .option('--env <NAME=value>', 'environment variable for the job, repeatable', collect)
     .option('--workdir <dir>', 'working directory on the host')
     .option('--checkpoint-dir <dir>', 'where the job writes checkpoints (default: one the daemon makes)')
+    .option('--retries <n>', 'run a failed attempt again up to n times, placed anew each time (default 0)')
+    .option('--retry-backoff-ms <ms>', 'wait before the first retry, doubling after (default 1000)')
     .option('--wait-for-capacity', 'queue even if no peer of the fabric could run it today')
-    .option('--follow', 'stay and show the job state until it ends')
+    .option('--follow', 'stay: show the output and state changes until the job ends')
     .option('--json', 'print {jobId, state} as JSON');
   addDataDirOption(run).action(
     action(async (command: string[], raw: Record<string, unknown>) => {
@@ -172,7 +196,9 @@ export function registerJobCommands(program: Command): void {
       const r = await client.submitJob({ spec });
       if (flags.json) printJson(r);
       else process.stdout.write(`${r.jobId}\n`);
-      if (flags.follow) await follow(client, r.jobId);
+      if (flags.follow) {
+        await Promise.all([follow(client, r.jobId), showLogs(client, r.jobId, 'stdout', { follow: true, tail: 0 }, process.stdout), showLogs(client, r.jobId, 'stderr', { follow: true, tail: 0 }, process.stderr)]);
+      }
     }),
   );
 
@@ -216,6 +242,44 @@ export function registerJobCommands(program: Command): void {
 
   addDataDirOption(
     program
+      .command('explain')
+      .description('why a job waits (how many peers each filter removed, and why), or where it went and the scores that chose it')
+      .argument('<job>', 'job id')
+      .option('--json', 'print the explanation as JSON'),
+  ).action(
+    action(async (id: string, flags: CommonFlags) => {
+      const r = await FabricClient.fromDataDir(dataDirOf(flags)).explainJob(id);
+      if (flags.json) {
+        printJson(r);
+        return;
+      }
+      process.stdout.write(`${explainText(id, r)}\n`);
+    }),
+  );
+
+  addDataDirOption(
+    program
+      .command('logs')
+      .description("a job's output (stdout, and stderr on stderr), read from the peer it runs on")
+      .argument('<job>', 'job id')
+      .option('-f, --follow', 'keep printing new output until the job ends, across restarts on other peers')
+      .option('--tail <bytes>', 'without --follow: how much of the end to show (default 65536)', '65536')
+      .option('--stdout', 'only stdout')
+      .option('--stderr', 'only stderr'),
+  ).action(
+    action(async (id: string, raw: Record<string, unknown>) => {
+      const flags = parseFlags(z.object({ dataDir: z.string().optional(), follow: z.boolean().optional(), tail: z.coerce.number().int().min(0).max(1024 * 1024), stdout: z.boolean().optional(), stderr: z.boolean().optional() }), raw);
+      const client = FabricClient.fromDataDir(dataDirOf(flags));
+      const opts = { follow: flags.follow === true, tail: flags.tail };
+      const streams: ['stdout' | 'stderr', NodeJS.WritableStream][] = [];
+      if (flags.stderr !== true || flags.stdout === true) streams.push(['stdout', process.stdout]);
+      if (flags.stdout !== true || flags.stderr === true) streams.push(['stderr', process.stderr]);
+      await Promise.all(streams.map(([stream, out]) => showLogs(client, id, stream, opts, out)));
+    }),
+  );
+
+  addDataDirOption(
+    program
       .command('cancel')
       .description('cancel a job: its processes get SIGTERM, then SIGKILL after a grace period')
       .argument('<job>', 'job id')
@@ -228,6 +292,50 @@ export function registerJobCommands(program: Command): void {
       else process.stdout.write(`${r.jobId} ${r.state}\n`);
     }),
   );
+}
+
+/**
+ * Prints a job's output. Without `follow`: the tail of the stream. With it: everything from the
+ * start, then new output as it comes (long-polling the host), across attempts and hosts, until
+ * the job has ended and its output is drained.
+ */
+async function showLogs(client: FabricClient, jobId: string, stream: 'stdout' | 'stderr', opts: { follow: boolean; tail: number }, out: NodeJS.WritableStream): Promise<void> {
+  if (!opts.follow) {
+    const r = await client.jobLogs(jobId, { stream, tail: opts.tail });
+    out.write(Buffer.from(r.data, 'base64'));
+    return;
+  }
+  let from = 0;
+  let source = '';
+  for (;;) {
+    let r;
+    try {
+      r = await client.jobLogs(jobId, { stream, from, wait: 1_000 });
+    } catch (err) {
+      // Not started yet, or its host is gone while the job restarts elsewhere: wait and look again.
+      if (err instanceof FabricError && (err.code === 'NOT_FOUND' || err.code === 'DAEMON_UNREACHABLE' || err.code === 'INTERNAL')) {
+        const j = await client.job(jobId);
+        if (!ACTIVE.has(j.state) && j.attempts.length === 0) return;
+        await new Promise((res) => setTimeout(res, 500));
+        continue;
+      }
+      throw err;
+    }
+    const here = `${r.peerId}#${r.attempt}`;
+    if (here !== source) {
+      if (source !== '' && stream === 'stdout') process.stderr.write(`--- ${jobId}: attempt ${r.attempt} on ${shortPeerId(r.peerId)} ---\n`);
+      if (source !== '' && r.peerId !== source.split('#')[0]) {
+        from = 0; // another host: its log of this job starts at 0
+        source = here;
+        continue;
+      }
+      source = here;
+    }
+    if (r.dropped > 0) out.write(`[fabric: ${r.dropped} bytes of output rotated away]\n`);
+    if (r.data.length > 0) out.write(Buffer.from(r.data, 'base64'));
+    from = r.end;
+    if (r.end >= r.size && !ACTIVE.has(r.state)) return;
+  }
 }
 
 /** Shows state changes until the job ends; exits non-zero when it did not succeed. */

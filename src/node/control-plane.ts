@@ -74,6 +74,7 @@ export class ControlPlane {
   readonly #startedAt = Date.now();
   readonly #fatalListeners = new Set<(err: Error) => void>();
   readonly #appliedListeners = new Set<() => void>();
+  #explainer: ((jobId: string) => unknown) | undefined;
   #appliedScheduled = false;
   /** Since when this member has not heard from a leader (local clock), for the removal check. */
   #leaderlessSince: number | undefined;
@@ -156,6 +157,11 @@ export class ControlPlane {
     });
   }
 
+  /** Who answers `explain` queries when this node leads (the placement service). */
+  setExplainer(explainer: (jobId: string) => unknown): void {
+    this.#explainer = explainer;
+  }
+
   /** The node stopped on an error it cannot recover from (the disk failed): the daemon must exit. */
   onFatal(listener: (err: Error) => void): () => void {
     this.#fatalListeners.add(listener);
@@ -182,8 +188,8 @@ export class ControlPlane {
   /** A linearizable read: the answer reflects every write acknowledged before the call. */
   async query(query: Query, opts: SubmitOptions = {}): Promise<unknown> {
     const s = this.#raft.status();
-    // The group's progress lives on the leader only; everything else any member can answer.
-    if (query.q !== 'raft' && this.#isMember(s) && s.leader !== null) {
+    // The group's progress and the scheduler live on the leader only; the rest any member answers.
+    if (query.q !== 'raft' && query.q !== 'explain' && this.#isMember(s) && s.leader !== null) {
       try {
         await this.#raft.read({ signal: AbortSignal.timeout(Math.min(5_000, opts.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS)) });
         return this.#answer(query);
@@ -299,6 +305,9 @@ export class ControlPlane {
       }
       case 'raft':
         return this.#peersView();
+      case 'explain':
+        if (this.#explainer === undefined) throw new FabricError('INTERNAL', 'this node has no scheduler');
+        return this.#explainer(query.jobId);
     }
   }
 

@@ -20,7 +20,7 @@ import type { NodeState } from '../gossip/state.ts';
 import type { Verify } from '../gossip/ports.ts';
 import type { MembershipListener } from '../gossip/membership.ts';
 import { createApiHandler } from '../api/routes.ts';
-import type { Job, JobCancelRequest, JobDetail, JobSubmitRequest, JobSubmitResponse, LabelsChange, NodeView, RaftPeersResponse, StatusResponse } from '../api/schemas.ts';
+import type { ExplainResponse, Job, JobCancelRequest, JobDetail, JobLogsQuery, JobLogsResponse, JobSubmitRequest, JobSubmitResponse, LabelsChange, NodeView, RaftPeersResponse, StatusResponse } from '../api/schemas.ts';
 import type { RaftHint } from '../gossip/state.ts';
 import type { ApplyResult, JsonObject } from '../placement/fsm/index.ts';
 import { DEFAULT_TENANT } from '../placement/spec.ts';
@@ -28,7 +28,9 @@ import { ControlPlane, type ControlPlaneOptions, type ControlPlanePeer } from '.
 import { JobRunner } from '../runner/index.ts';
 import { JobLauncher } from './job-launcher.ts';
 import { killOrphanJobs } from './job-procs.ts';
-import { JobAgent } from './job-agent.ts';
+import { DEFAULT_LEASE_MS, JobAgent } from './job-agent.ts';
+import { PlacementService } from './placement-service.ts';
+import { fetchJobLog, readJobLog, serveLogs } from './logs-protocol.ts';
 import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
 import { loadIdentityKey, loadSwarmKey } from './identity.ts';
@@ -83,6 +85,7 @@ export class Daemon {
   readonly #launcher: JobLauncher;
   readonly #runner: JobRunner;
   readonly #agent: JobAgent;
+  readonly #placement: PlacementService;
   #persistTimer: NodeJS.Timeout | undefined;
   readonly #rediscoverMs: number;
 
@@ -113,7 +116,7 @@ export class Daemon {
     // Jobs of an earlier run of this daemon that outlived it (they should not: see job-shim.ts).
     const orphans = killOrphanJobs(this.peerId);
     if (orphans > 0) this.#log.warn({ orphans }, 'killed job processes left over from an earlier run');
-    this.#launcher = new JobLauncher({ owner: this.peerId, log: init.jobLog });
+    this.#launcher = new JobLauncher({ owner: this.peerId, log: init.jobLog, leaseMs: DEFAULT_LEASE_MS });
     const rng = systemRng();
     this.#runner = new JobRunner({ launcher: this.#launcher, clock: systemClock, rng, log: init.jobLog, onEvent: (e) => this.#agent.onRunEvent(e) });
     this.#agent = new JobAgent({
@@ -125,10 +128,19 @@ export class Daemon {
       baseEnv: process.env,
       checkpointCommit: `${shellQuote(process.execPath)} ${shellQuote(CLI_ENTRY)} checkpoint commit`,
       extraEnv: { FABRIC_DATA_DIR: init.paths.dir },
+      renewLeases: () => this.#launcher.renewLeases(),
       gangAddress: (peer) => hostAddress(this.#gossip.membership.get(peer)?.state?.addrs ?? []),
       rng,
       log: init.jobLog,
     });
+    this.#placement = new PlacementService({
+      control: this.#control,
+      peers: () => this.#gossip.membership.list().map((e) => ({ peerId: e.peerId, health: e.peerId === this.peerId ? 'alive' : e.status, state: e.state })),
+      rng,
+      log: init.log.child({ module: 'placement' }),
+      wallNow: () => Date.now(),
+    });
+    this.#control.setExplainer((jobId) => this.#placement.explain(jobId));
     this.#control.onFatal((err) => {
       this.#log.error({ err: errorMessage(err) }, 'the raft node failed; the daemon stops');
       void this.stop().finally(() => init.onFatal?.(err));
@@ -225,7 +237,9 @@ export class Daemon {
     await this.#gossip.updateSelf((s) => ({ ...s, addrs: this.#selfAddrs() }));
     await this.#gossip.start();
     await this.#control.start();
+    await serveLogs(host, this.#log, (id) => this.#agent.logDir(id));
     this.#agent.start();
+    this.#placement.start();
     if (this.config.raft.bootstrap) {
       // The group exists on disk now: never bootstrap a second one (say, if the raft dir were lost).
       this.config.raft.bootstrap = false;
@@ -297,6 +311,8 @@ export class Daemon {
         jobs: (all) => this.jobs(all),
         job: (id) => this.job(id),
         cancelJob: (id, r) => this.cancelJob(id, r),
+        jobLogs: (id, q) => this.jobLogs(id, q),
+        explainJob: (id) => this.explainJob(id),
       },
       { token, log: this.#log.child({ module: 'api' }) },
     );
@@ -376,8 +392,18 @@ export class Daemon {
     return this.#control;
   }
 
+  async explainJob(jobId: string): Promise<ExplainResponse> {
+    await this.job(jobId); // NOT_FOUND for a job that does not exist
+    return (await this.#control.query({ q: 'explain', jobId })) as ExplainResponse;
+  }
+
   async submitJob(req: JobSubmitRequest): Promise<JobSubmitResponse> {
     const spec = req.spec;
+    if (spec.waitForCapacity !== true) {
+      // Refuse at once what no peer of the fabric could ever run, rather than queue it forever.
+      const verdict = this.#placement.feasibleEver(spec, 'new-job');
+      if (!verdict.ok) throw new FabricError('BAD_INPUT', `no peer of this fabric could ever run this job: ${verdict.why} (submit with waitForCapacity / --wait-for-capacity to queue it for peers yet to join)`);
+    }
     const { index, result } = await this.#control.submit({
       type: 'job.submit',
       requestId: req.requestId ?? randomBytes(16).toString('hex'),
@@ -405,6 +431,19 @@ export class Daemon {
 
   async jobs(all: boolean): Promise<Job[]> {
     return (await this.#control.query({ q: 'jobs', all })) as Job[];
+  }
+
+  /** Output of a job's latest attempt, from whichever peer runs it (over /fabric/logs/1). */
+  async jobLogs(jobId: string, q: JobLogsQuery): Promise<JobLogsResponse> {
+    const job = await this.job(jobId);
+    const last = job.attempts.at(-1);
+    if (last === undefined) throw new FabricError('NOT_FOUND', `job ${jobId} has not started anywhere yet (${job.state})`);
+    const peerId = last.peerIds[0]!;
+    // A finished job's output grows no more: no point holding the answer.
+    const waitMs = ['placed', 'running', 'restarting'].includes(job.state) ? q.wait : 0;
+    const req = { jobId, stream: q.stream, from: q.from ?? null, tailBytes: q.tail, waitMs };
+    const chunk = peerId === this.peerId ? await readJobLog((id) => this.#agent.logDir(id), req) : await fetchJobLog(this.#host, peerId, req, AbortSignal.timeout(q.wait + 10_000));
+    return { jobId, peerId, attempt: last.attempt, state: job.state, start: chunk.start, end: chunk.end, dropped: chunk.dropped, size: chunk.size, data: Buffer.from(chunk.data).toString('base64') };
   }
 
   async job(jobId: string): Promise<JobDetail> {
@@ -472,6 +511,7 @@ export class Daemon {
     } catch {
       // already gone
     }
+    this.#placement.stop();
     await this.#agent.stop().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'stopping jobs failed'));
     await this.#launcher.close().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'closing the job launcher failed'));
     await this.#control.stop().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'raft stop failed'));

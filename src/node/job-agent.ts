@@ -51,6 +51,8 @@ export interface JobAgentOptions {
   extraEnv: Readonly<Record<string, string>>;
   /** The host address other members of a gang reach this one at (MASTER_ADDR when this is rank 0). */
   gangAddress(peerId: string): string | undefined;
+  /** Renews the supervisors' lease on every job here (called while in touch with the leader). */
+  renewLeases(): void;
   /** Restores a committed checkpoint into `dir` (fetching chunks as needed); undefined: nothing restored. */
   restore?(job: Readonly<Job>, checkpoint: Readonly<Checkpoint>, dir: string): Promise<void>;
   rng: Rng;
@@ -72,6 +74,11 @@ export class JobAgent {
   readonly #log: Logger;
   readonly #leaseMs: number;
   readonly #local = new Map<string, Local>();
+  /**
+   * Job → epoch whose run ended here by itself (its end is reported, not yet applied): the
+   * allocation is still in the replica until the report commits, and must not start again.
+   */
+  readonly #finished = new Map<string, number>();
   /** Reports not yet acknowledged by the leader, by request id. */
   readonly #pending = new Map<string, CommandRequest>();
   #timer: NodeJS.Timeout | undefined;
@@ -146,6 +153,7 @@ export class JobAgent {
     }
     if (this.#fenced) this.#log.info({}, 'in touch with the raft leader again');
     this.#fenced = false;
+    this.#o.renewLeases();
     this.#flushReports();
 
     const state = control.state;
@@ -163,9 +171,10 @@ export class JobAgent {
       const cancelled = job?.state === 'cancelled';
       this.#stopLocal(l, cancelled ? 'cancelled' : 'restarting', cancelled ? (job?.reason ?? 'cancelled') : 'the job was released or placed elsewhere');
     }
+    for (const jobId of this.#finished.keys()) if (wanted.get(jobId)?.alloc.epoch !== this.#finished.get(jobId)) this.#finished.delete(jobId);
     // Start what is ours and not running (once the previous run of the job has fully ended).
     for (const { alloc, job } of wanted.values()) {
-      if (this.#local.has(job.id) || this.#o.runner.get(job.id) !== undefined) continue;
+      if (this.#local.has(job.id) || this.#o.runner.get(job.id) !== undefined || this.#finished.get(job.id) === alloc.epoch) continue;
       this.#startRun(alloc, job);
     }
   }
@@ -238,6 +247,7 @@ export class JobAgent {
   #ended(local: Local, result: RunResult, rank: number): void {
     if (this.#local.get(local.jobId) === local) this.#local.delete(local.jobId);
     if (!local.stoppedByUs && !this.#stopped) {
+      this.#finished.set(local.jobId, local.epoch);
       const last = result.attempts.at(-1);
       if (result.outcome === 'succeeded') {
         // A gang is done when its first member is; the others' ends are not the job's.

@@ -39,6 +39,12 @@ export interface JobLauncherOptions {
   /** Names this daemon in its jobs' run tokens; unique per data dir (see killOrphanJobs). */
   owner: string;
   log?: Logger;
+  /**
+   * The lease every job is started under: its supervisor kills it when `renewLeases` has not been
+   * called for this long (see job-protocol.ts). Undefined: no lease (the job lives as long as
+   * the daemon's process).
+   */
+  leaseMs?: number;
   /** Command that runs a .ts file with Node (default: defaultSupervisorNode()). */
   nodeCommand?: readonly string[];
 }
@@ -58,11 +64,21 @@ export class JobLauncher implements ProcessLauncher {
   readonly #log: Logger;
   readonly #node: readonly string[];
   readonly #live = new Set<LiveJob>();
+  readonly #leaseMs: number | undefined;
 
   constructor(opts: JobLauncherOptions) {
     this.#owner = checkOwner(opts.owner);
     this.#log = (opts.log ?? silentLogger).child({ module: 'job-launcher' });
     this.#node = opts.nodeCommand ?? defaultSupervisorNode();
+    this.#leaseMs = opts.leaseMs;
+  }
+
+  /** Renews the lease of every live job (the daemon calls it while it is in touch with the leader). */
+  renewLeases(): void {
+    for (const job of this.#live) {
+      const stdin = job.supervisor.stdin;
+      if (stdin && stdin.writable && !stdin.destroyed) stdin.write(encodeLine({ type: 'renew' }));
+    }
   }
 
   /** Jobs whose supervisor has not exited yet. */
@@ -149,7 +165,7 @@ export class JobLauncher implements ProcessLauncher {
       resolveClosed();
       callbacks.onExit(exit);
     });
-    supervisor.stdin!.write(encodeLine({ type: 'start', request: { ...request, argv: [...request.argv] }, token }));
+    supervisor.stdin!.write(encodeLine({ type: 'start', request: { ...request, argv: [...request.argv] }, token, ...(this.#leaseMs !== undefined ? { leaseMs: this.#leaseMs } : {}) }));
 
     return {
       signal: (sig: StopSignal) => {

@@ -24,13 +24,21 @@ export const StartMessageSchema = z.object({
   request: LaunchRequestSchema,
   /** Put in the job's environment as FABRIC_RUN_TOKEN (see job-procs.ts). */
   token: z.string().min(1).max(256),
+  /**
+   * The daemon's lease on the job: without a `renew` this long, the supervisor kills the job. A
+   * daemon renews only while it is in touch with the fabric's leader, so a frozen (SIGSTOP) or
+   * cut-off daemon's job ends on time even though the daemon cannot act.
+   */
+  leaseMs: z.number().int().min(100).max(3_600_000).optional(),
 });
 export type StartMessage = z.infer<typeof StartMessageSchema>;
 
 export const SignalMessageSchema = z.object({ type: z.literal('signal'), signal: z.enum(['SIGTERM', 'SIGKILL']) });
 export type SignalMessage = z.infer<typeof SignalMessageSchema>;
 
-export const ToSupervisorSchema = z.discriminatedUnion('type', [StartMessageSchema, SignalMessageSchema]);
+export const RenewMessageSchema = z.object({ type: z.literal('renew') });
+
+export const ToSupervisorSchema = z.discriminatedUnion('type', [StartMessageSchema, SignalMessageSchema, RenewMessageSchema]);
 export type ToSupervisor = z.infer<typeof ToSupervisorSchema>;
 
 const ProcessExitSchema = z.discriminatedUnion('kind', [

@@ -88,9 +88,23 @@ export function runSupervisor(): void {
     signal('SIGKILL');
   };
 
+  let leaseTimer: NodeJS.Timeout | undefined;
+  let leaseMs: number | undefined;
+  const renew = () => {
+    if (leaseMs === undefined) return;
+    clearTimeout(leaseTimer);
+    leaseTimer = setTimeout(() => {
+      warn(`no lease renewal from the daemon for ${leaseMs} ms: killing the job`);
+      signal('SIGKILL');
+    }, leaseMs);
+    leaseTimer.unref();
+  };
+
   const start = (m: StartMessage) => {
     const req = m.request;
     token = m.token;
+    leaseMs = m.leaseMs;
+    renew();
     try {
       if (!statSync(req.cwd).isDirectory()) throw new Error('not a directory');
     } catch (err) {
@@ -158,6 +172,8 @@ export function runSupervisor(): void {
       if (m.type === 'start') {
         if (job === null && !reported) start(m);
         else warn('second start request ignored');
+      } else if (m.type === 'renew') {
+        renew();
       } else {
         signal(m.signal);
       }

@@ -22,6 +22,7 @@ export const QuerySchema = z.discriminatedUnion('q', [
   z.object({ q: z.literal('jobs'), all: z.boolean() }),
   z.object({ q: z.literal('job'), jobId: Id }),
   z.object({ q: z.literal('raft') }),
+  z.object({ q: z.literal('explain'), jobId: Id }),
 ]);
 export type Query = z.infer<typeof QuerySchema>;
 

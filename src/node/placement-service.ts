@@ -1,0 +1,240 @@
+/**
+ * The leader's placement loop (Nomad's plan applier, in our shape). While this node leads:
+ *
+ *  1. Lost hosts: a job whose host the mesh holds dead, and from which Raft has heard nothing for
+ *     longer than the host's lease plus its stop grace (so the old run has surely ended, see
+ *     job-agent.ts), is moved to `restarting`: its devices are released and it waits to be placed.
+ *  2. Placement: waiting jobs (queued, restarting) in queue order — priority, then the tenant
+ *     holding the smallest share of the fabric's GPUs (dominant-resource fair share), then age —
+ *     are planned by the pure scheduler over a snapshot of committed state plus the gossiped view.
+ *     A plan is committed through Raft as one `alloc.place` (a gang whole or not at all); the
+ *     state machine re-checks every device against committed allocations, so a stale plan is
+ *     refused and simply planned again on the next pass. A restarting job tries the peers that
+ *     already hold its latest checkpoint first.
+ *  3. Preemption: a plan naming victims releases them first (their hosts stop them with SIGTERM,
+ *     which lets a job checkpoint, then SIGKILL after the grace period), and holds the job back
+ *     for that grace period before it takes their devices.
+ *
+ * Explanations (`fabric explain`) are computed here, on the leader, over the same snapshot.
+ */
+import { errorMessage, type Logger, type Rng } from '../core/index.ts';
+import type { NodeState } from '../gossip/state.ts';
+import type { Job } from '../placement/fsm/index.ts';
+import { ClusterState } from '../placement/cluster.ts';
+import { toAllocPlaceCommand, toReleaseCommands } from '../placement/plan.ts';
+import { peerViewOf, snapshotOf, type PeerView } from '../placement/snapshot.ts';
+import { Scheduler, type Explanation, type ScheduleResult } from '../placement/scheduler/schedule.ts';
+import { JobSpecSchema, resolveRequest } from '../placement/spec.ts';
+import { DEFAULT_STOP_GRACE_MS } from '../runner/index.ts';
+import type { ControlPlane } from './control-plane.ts';
+import { DEFAULT_LEASE_MS, FENCE_STOP_GRACE_MS } from './job-agent.ts';
+
+export interface PlacementPeer {
+  peerId: string;
+  health: 'alive' | 'suspect' | 'dead';
+  state: NodeState | undefined;
+}
+
+export interface PlacementServiceOptions {
+  control: ControlPlane;
+  /** The gossiped view, this peer included. */
+  peers(): PlacementPeer[];
+  rng: Rng;
+  log: Logger;
+  wallNow(): number;
+  /** The hosts' lease (job-agent.ts): a host silent this long (plus grace) has stopped its jobs. */
+  leaseMs?: number;
+}
+
+const TICK_MS = 250;
+/** Margin over lease + stop grace for clock-rate drift and a slow kill. */
+const LOST_MARGIN_MS = 500;
+const WAITING: ReadonlySet<string> = new Set(['queued', 'restarting']);
+
+export class PlacementService {
+  readonly #o: PlacementServiceOptions;
+  readonly #log: Logger;
+  readonly #scheduler: Scheduler;
+  readonly #lostAfterMs: number;
+  /** Why each job placed by this leader went where it did, for `fabric explain`. */
+  readonly #placedBecause = new Map<string, { epoch: number; explain: Explanation }>();
+  /** Preemptors waiting for their victims to stop: job id → not before (wall ms). */
+  readonly #holdUntil = new Map<string, number>();
+  #timer: NodeJS.Timeout | undefined;
+  #unsubscribe: (() => void) | undefined;
+  #busy = false;
+  #again = false;
+  #stopped = false;
+
+  constructor(opts: PlacementServiceOptions) {
+    this.#o = opts;
+    this.#log = opts.log;
+    this.#scheduler = new Scheduler({ rng: opts.rng });
+    this.#lostAfterMs = (opts.leaseMs ?? DEFAULT_LEASE_MS) + FENCE_STOP_GRACE_MS + LOST_MARGIN_MS;
+  }
+
+  start(): void {
+    this.#unsubscribe = this.#o.control.onApplied(() => this.#kick());
+    this.#timer = setInterval(() => this.#kick(), TICK_MS);
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearInterval(this.#timer);
+    this.#unsubscribe?.();
+  }
+
+  #kick(): void {
+    if (this.#stopped || this.#o.control.localStatus().role !== 'leader') return;
+    if (this.#busy) {
+      this.#again = true;
+      return;
+    }
+    this.#busy = true;
+    void this.#pass()
+      .catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'placement pass failed'))
+      .finally(() => {
+        this.#busy = false;
+        if (this.#again) {
+          this.#again = false;
+          setImmediate(() => this.#kick());
+        }
+      });
+  }
+
+  /** The peers the scheduler may use: alive members of the Raft group (they hold the replica that tells them what to run). */
+  #peerViews(): PeerView[] {
+    const s = this.#o.control.localStatus();
+    const members = new Set([...s.voters, ...s.learners]);
+    return this.#o
+      .peers()
+      .filter((p) => p.state !== undefined && p.health !== 'dead')
+      .map((p) => peerViewOf(p.state!, { schedulable: p.health === 'alive' && members.has(p.peerId) }));
+  }
+
+  #cluster(): ClusterState {
+    const state = this.#o.control.state;
+    return ClusterState.fromSnapshot(
+      snapshotOf({ peers: this.#peerViews(), jobs: state.jobs(), allocations: state.allocations(), tenants: state.tenants(), now: this.#o.wallNow() }),
+    );
+  }
+
+  async #pass(): Promise<void> {
+    await this.#releaseLostHosts();
+    // One placement per iteration, each on a fresh snapshot: committed state is the truth.
+    for (let placed = 0; placed < 64 && !this.#stopped; placed++) {
+      if (!(await this.#placeOne())) return;
+    }
+  }
+
+  async #releaseLostHosts(): Promise<void> {
+    const control = this.#o.control;
+    const health = new Map(this.#o.peers().map((p) => [p.peerId, p.health]));
+    const seen = new Set<string>();
+    for (const alloc of control.state.allocations()) {
+      if (seen.has(alloc.jobId)) continue;
+      const h = health.get(alloc.peerId) ?? 'dead';
+      if (h !== 'dead' || control.silenceOf(alloc.peerId) < this.#lostAfterMs) continue;
+      const job = control.state.job(alloc.jobId);
+      if (job === undefined || job.epoch !== alloc.epoch) continue;
+      seen.add(alloc.jobId);
+      const { result } = await control.submit({
+        type: 'job.transition',
+        requestId: `${job.id}:${job.attempt}:lost-host`,
+        actor: control.id,
+        jobId: job.id,
+        attempt: job.attempt,
+        to: 'restarting',
+        reason: `host ${alloc.peerId} was lost`,
+      });
+      if (result.ok) this.#log.info({ jobId: job.id, host: alloc.peerId, attempt: job.attempt }, 'host lost: the job will be placed again');
+    }
+  }
+
+  /** Plans and commits the first waiting job that fits; false when none did. */
+  async #placeOne(): Promise<boolean> {
+    const control = this.#o.control;
+    const now = this.#o.wallNow();
+    const waiting = this.queue();
+    if (waiting.length === 0) return false;
+    const cluster = this.#cluster();
+    for (const job of waiting) {
+      if ((this.#holdUntil.get(job.id) ?? 0) > now) continue;
+      const result = this.#plan(cluster, job);
+      if (result === undefined || result.plan === null) continue;
+      const plan = result.plan;
+      if (plan.preemptions.length > 0) {
+        for (const release of toReleaseCommands(plan, { requestIdPrefix: `${job.id}:preempt:${job.epoch}`, actor: control.id, at: now })) {
+          const { at: _at, ...request } = release;
+          await control.submit(request);
+        }
+        this.#holdUntil.set(job.id, now + DEFAULT_STOP_GRACE_MS + LOST_MARGIN_MS);
+        this.#log.info({ jobId: job.id, victims: plan.preemptions.map((v) => v.jobId) }, 'preempting lower-priority jobs');
+        return true;
+      }
+      const epoch = job.epoch + 1;
+      const { at: _at, ...request } = toAllocPlaceCommand(plan, { requestId: `${job.id}:place:${epoch}`, actor: control.id, at: now, epoch });
+      const { result: applied } = await control.submit(request);
+      if (applied.ok) {
+        this.#holdUntil.delete(job.id);
+        this.#placedBecause.set(job.id, { epoch, explain: result.explain });
+        if (this.#placedBecause.size > 10_000) this.#placedBecause.delete(this.#placedBecause.keys().next().value!);
+        this.#log.info({ jobId: job.id, epoch, peers: plan.members.map((m) => m.peerId) }, 'job placed');
+        return true;
+      }
+      // A stale plan (the state moved under it): plan again on a fresh snapshot.
+      this.#log.debug({ jobId: job.id, code: applied.code, message: applied.message }, 'plan refused');
+      return true;
+    }
+    return false;
+  }
+
+  /** Schedules `job` on `cluster` (read only). A restarting job tries the holders of its latest checkpoint first. */
+  #plan(cluster: ClusterState, job: Readonly<Job>): ScheduleResult | undefined {
+    const spec = JobSpecSchema.safeParse(job.spec);
+    if (!spec.success) return undefined;
+    const request = resolveRequest(spec.data, job.id);
+    const latest = this.#o.control.state.checkpoints(job.id).at(-1);
+    if (latest !== undefined) {
+      const near = this.#scheduler.schedule(cluster, request, { only: new Set(latest.holders), preemption: false });
+      if (near.plan !== null) return near;
+    }
+    return this.#scheduler.schedule(cluster, request);
+  }
+
+  /** Waiting jobs in the order they are considered: priority, fair share of the tenant, age. */
+  queue(): Readonly<Job>[] {
+    const state = this.#o.control.state;
+    const share = new Map(state.tenants().map((t) => [t.name, t.gpusHeld]));
+    return state
+      .jobs({ state: [...WAITING] as ('queued' | 'restarting')[] })
+      .slice()
+      .sort((a, b) => b.priority - a.priority || (share.get(a.tenant) ?? 0) - (share.get(b.tenant) ?? 0) || a.submittedAt - b.submittedAt || (a.id < b.id ? -1 : 1));
+  }
+
+  /** Why a job waits (or, for one this leader placed, why it went where it did). */
+  explain(jobId: string): { state: string; explanation: Explanation | null; note: string | null } {
+    const job = this.#o.control.state.job(jobId);
+    if (job === undefined) return { state: 'unknown', explanation: null, note: null };
+    if (WAITING.has(job.state)) {
+      const result = this.#plan(this.#cluster(), job);
+      const hold = this.#holdUntil.get(jobId);
+      const note = hold !== undefined && hold > this.#o.wallNow() ? 'waiting for preempted jobs to stop' : null;
+      return { state: job.state, explanation: result?.explain ?? null, note: result === undefined ? 'the job spec no longer parses' : note };
+    }
+    const placed = this.#placedBecause.get(jobId);
+    if (placed !== undefined && placed.epoch === job.epoch) return { state: job.state, explanation: placed.explain, note: null };
+    return { state: job.state, explanation: null, note: `placed at epoch ${job.epoch} by an earlier leader; its scores were not kept` };
+  }
+
+  /** Whether a job could run on this fabric at all, were every peer empty (checked at submit). */
+  feasibleEver(spec: unknown, jobId: string): { ok: true } | { ok: false; why: string } {
+    const parsed = JobSpecSchema.safeParse(spec);
+    if (!parsed.success) return { ok: false, why: 'invalid spec' };
+    const peers = this.#o.peers().filter((p) => p.state !== undefined && p.health !== 'dead').map((p) => peerViewOf(p.state!, { schedulable: true }));
+    const empty = ClusterState.fromSnapshot({ peers, allocations: [], tenants: [], now: this.#o.wallNow() });
+    const result = this.#scheduler.schedule(empty, resolveRequest(parsed.data, jobId), { preemption: false });
+    if (result.plan !== null || result.status.code !== 'UnschedulableAndUnresolvable') return { ok: true };
+    return { ok: false, why: result.explain.summary };
+  }
+}
