@@ -7,12 +7,15 @@ import { timingSafeEqual } from 'node:crypto';
 import { FabricError, errorMessage, type Logger } from '../core/index.ts';
 import type { z } from 'zod';
 import {
+  CheckpointCommitRequestSchema,
   JobCancelRequestSchema,
   JobLogsQuerySchema,
   JobSubmitRequestSchema,
   LabelsChangeSchema,
   type Job,
   type JobCancelRequest,
+  type CheckpointCommitRequest,
+  type CheckpointCommitResponse,
   type ExplainResponse,
   type JobDetail,
   type JobLogsQuery,
@@ -41,6 +44,8 @@ export interface ApiBackend {
   cancelJob(id: string, request: JobCancelRequest): Promise<JobSubmitResponse>;
   /** A range of a job's output, read from the peer it runs on. */
   jobLogs(id: string, query: JobLogsQuery): Promise<JobLogsResponse>;
+  /** Commits a checkpoint of a job running on this host: chunks, replicas, then Raft. */
+  commitCheckpoint(id: string, request: CheckpointCommitRequest): Promise<CheckpointCommitResponse>;
   /** Why a job waits, or where it went and why (asked of the leader). */
   explainJob(id: string): Promise<ExplainResponse>;
 }
@@ -72,6 +77,7 @@ const ROUTES: readonly Route[] = [
   { method: 'POST', path: '/v1/jobs', body: JobSubmitRequestSchema, run: (b, r) => b.submitJob(r.body as JobSubmitRequest) },
   { method: 'GET', path: '/v1/jobs', run: async (b, r) => ({ jobs: await b.jobs(['1', 'true'].includes(r.query.get('all') ?? '')) }) },
   { method: 'GET', path: '/v1/jobs/:id', run: async (b, r) => ({ job: await b.job(r.params['id']!) }) },
+  { method: 'POST', path: '/v1/jobs/:id/checkpoints', body: CheckpointCommitRequestSchema, run: (b, r) => b.commitCheckpoint(r.params['id']!, r.body as CheckpointCommitRequest) },
   { method: 'GET', path: '/v1/jobs/:id/explain', run: (b, r) => b.explainJob(r.params['id']!) },
   { method: 'GET', path: '/v1/jobs/:id/logs', run: (b, r) => b.jobLogs(r.params['id']!, parseQuery(JobLogsQuerySchema, r.query)) },
   { method: 'POST', path: '/v1/jobs/:id/cancel', body: JobCancelRequestSchema, run: (b, r) => b.cancelJob(r.params['id']!, r.body as JobCancelRequest) },

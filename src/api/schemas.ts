@@ -179,3 +179,28 @@ export const ExplainResponseSchema = z.object({
   note: z.string().nullable(),
 });
 export type ExplainResponse = z.infer<typeof ExplainResponseSchema>;
+
+export const CheckpointCommitRequestSchema = z.strictObject({
+  /** The allocation's epoch the job runs under (FABRIC_EPOCH): a stale one is refused. */
+  epoch: z.number().int().min(1),
+  /** Absent: one past the job's latest committed step. */
+  step: z.number().int().min(0).optional(),
+  /** The directory to commit (absolute); absent: the job's FABRIC_CHECKPOINT_DIR on its host. */
+  dir: z.string().min(1).max(4096).optional(),
+});
+export type CheckpointCommitRequest = z.infer<typeof CheckpointCommitRequestSchema>;
+
+export const CheckpointCommitResponseSchema = z.object({
+  jobId: z.string(),
+  step: z.number(),
+  manifestId: z.string(),
+  sizeBytes: z.number(),
+  /** Bytes this host had not stored before (unchanged chunks are neither stored nor sent again). */
+  newBytes: z.number(),
+  holders: z.array(z.string()),
+  /** Bytes sent to the replicas. */
+  sentBytes: z.number(),
+  ms: z.number(),
+  index: z.number(),
+});
+export type CheckpointCommitResponse = z.infer<typeof CheckpointCommitResponseSchema>;

@@ -5,6 +5,7 @@ import type { z } from 'zod';
 import { FabricError, errorMessage, toErrorCode } from '../core/index.ts';
 import { API_FILE_NAME, ApiFileSchema, type ApiFile } from '../api/endpoint.ts';
 import {
+  CheckpointCommitResponseSchema,
   ErrorResponseSchema,
   ExplainResponseSchema,
   JobLogsResponseSchema,
@@ -16,6 +17,7 @@ import {
   RaftPeersResponseSchema,
   StatusResponseSchema,
   TokenResponseSchema,
+  type CheckpointCommitRequest,
   type JobCancelRequest,
   type LabelsChange,
 } from '../api/schemas.ts';
@@ -90,6 +92,10 @@ export class FabricClient {
     return this.#get(`/v1/jobs/${encodeURIComponent(id)}/logs?${params.toString()}`, JobLogsResponseSchema);
   }
 
+  commitCheckpoint(id: string, request: CheckpointCommitRequest) {
+    return this.#request('POST', `/v1/jobs/${encodeURIComponent(id)}/checkpoints`, CheckpointCommitResponseSchema, request);
+  }
+
   explainJob(id: string) {
     return this.#get(`/v1/jobs/${encodeURIComponent(id)}/explain`, ExplainResponseSchema);
   }
@@ -109,7 +115,7 @@ export class FabricClient {
         method,
         headers: { authorization: `Bearer ${this.#api.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        signal: AbortSignal.timeout(30_000),
+        signal: AbortSignal.timeout(path.endsWith('/checkpoints') ? 600_000 : 30_000),
       });
     } catch (err) {
       throw new FabricError('DAEMON_UNREACHABLE', `the daemon at ${this.#api.url} does not answer (${errorMessage(err instanceof Error && err.cause ? err.cause : err)}); is it running?`);

@@ -1,5 +1,6 @@
 /** The job commands of the CLI: run, submit, ps, job show, cancel. They work the same from every peer. */
 import { readFileSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -239,6 +240,40 @@ export function registerJobCommands(program: Command): void {
       else process.stdout.write(`${jobDetail(detail, Date.now())}\n`);
     }),
   );
+
+  const checkpoint = program.command('checkpoint').description("a job's checkpoints");
+  checkpoint
+    .command('commit')
+    .description('commit the checkpoint a job wrote into $FABRIC_CHECKPOINT_DIR: replicated to other peers, then recorded; run by the job itself')
+    .option('--step <n>', 'the training step it holds (default: one past the latest committed)')
+    .option('--job <id>', 'the job (default $FABRIC_JOB_ID)')
+    .option('--epoch <n>', 'the epoch the job runs under (default $FABRIC_EPOCH)')
+    .option('--dir <dir>', 'the directory to commit (default $FABRIC_CHECKPOINT_DIR)')
+    .option('--data-dir <dir>', "the host daemon's data directory (default $FABRIC_DATA_DIR, as fabric sets it for jobs)")
+    .option('--json', 'print the outcome as JSON')
+    .action(
+      action(async (raw: Record<string, unknown>) => {
+        const env = process.env;
+        const flags = parseFlags(
+          z.object({
+            step: z.coerce.number().int().min(0).optional(),
+            job: z.string().min(1, 'no job: give --job or run inside a fabric job ($FABRIC_JOB_ID)'),
+            epoch: z.coerce.number().int().min(1, 'no epoch: give --epoch or run inside a fabric job ($FABRIC_EPOCH)'),
+            dir: z.string().optional(),
+            dataDir: z.string().optional(),
+            json: z.boolean().optional(),
+          }),
+          { ...raw, job: raw['job'] ?? env['FABRIC_JOB_ID'] ?? '', epoch: raw['epoch'] ?? env['FABRIC_EPOCH'] ?? 0, dir: raw['dir'] ?? env['FABRIC_CHECKPOINT_DIR'] },
+        );
+        const dir = flags.dir === undefined ? undefined : resolvePath(flags.dir);
+        const r = await FabricClient.fromDataDir(dataDirOf(flags)).commitCheckpoint(flags.job, { epoch: flags.epoch, ...(flags.step !== undefined ? { step: flags.step } : {}), ...(dir !== undefined ? { dir } : {}) });
+        if (flags.json) printJson(r);
+        else {
+          const mib = (b: number) => `${(b / 1_048_576).toFixed(1)} MiB`;
+          process.stdout.write(`checkpoint step ${r.step} of ${r.jobId} committed: ${mib(r.sizeBytes)} (${mib(r.newBytes)} new, ${mib(r.sentBytes)} sent), held by ${r.holders.map(shortPeerId).join(', ')}, ${r.ms} ms\n`);
+        }
+      }),
+    );
 
   addDataDirOption(
     program

@@ -20,7 +20,7 @@ import type { NodeState } from '../gossip/state.ts';
 import type { Verify } from '../gossip/ports.ts';
 import type { MembershipListener } from '../gossip/membership.ts';
 import { createApiHandler } from '../api/routes.ts';
-import type { ExplainResponse, Job, JobCancelRequest, JobDetail, JobLogsQuery, JobLogsResponse, JobSubmitRequest, JobSubmitResponse, LabelsChange, NodeView, RaftPeersResponse, StatusResponse } from '../api/schemas.ts';
+import type { CheckpointCommitRequest, CheckpointCommitResponse, ExplainResponse, Job, JobCancelRequest, JobDetail, JobLogsQuery, JobLogsResponse, JobSubmitRequest, JobSubmitResponse, LabelsChange, NodeView, RaftPeersResponse, StatusResponse } from '../api/schemas.ts';
 import type { RaftHint } from '../gossip/state.ts';
 import type { ApplyResult, JsonObject } from '../placement/fsm/index.ts';
 import { DEFAULT_TENANT } from '../placement/spec.ts';
@@ -30,6 +30,7 @@ import { JobLauncher } from './job-launcher.ts';
 import { killOrphanJobs } from './job-procs.ts';
 import { DEFAULT_LEASE_MS, JobAgent } from './job-agent.ts';
 import { PlacementService } from './placement-service.ts';
+import { CheckpointService } from './checkpoints.ts';
 import { fetchJobLog, readJobLog, serveLogs } from './logs-protocol.ts';
 import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
@@ -86,6 +87,7 @@ export class Daemon {
   readonly #runner: JobRunner;
   readonly #agent: JobAgent;
   readonly #placement: PlacementService;
+  readonly #checkpoints: CheckpointService;
   #persistTimer: NodeJS.Timeout | undefined;
   readonly #rediscoverMs: number;
 
@@ -116,6 +118,16 @@ export class Daemon {
     // Jobs of an earlier run of this daemon that outlived it (they should not: see job-shim.ts).
     const orphans = killOrphanJobs(this.peerId);
     if (orphans > 0) this.#log.warn({ orphans }, 'killed job processes left over from an earlier run');
+    this.#checkpoints = new CheckpointService({
+      host: init.host,
+      dir: init.paths.checkpoints,
+      log: init.log,
+      // Fencing: a replica of a checkpoint written under an epoch the job has left is refused.
+      admitOffer: (_peer, manifest) => {
+        const job = this.#control.state.job(manifest.jobId);
+        return job !== undefined && manifest.epoch < job.epoch ? `job ${manifest.jobId} is at epoch ${job.epoch}; this checkpoint is from epoch ${manifest.epoch}` : undefined;
+      },
+    });
     this.#launcher = new JobLauncher({ owner: this.peerId, log: init.jobLog, leaseMs: DEFAULT_LEASE_MS });
     const rng = systemRng();
     this.#runner = new JobRunner({ launcher: this.#launcher, clock: systemClock, rng, log: init.jobLog, onEvent: (e) => this.#agent.onRunEvent(e) });
@@ -129,6 +141,9 @@ export class Daemon {
       checkpointCommit: `${shellQuote(process.execPath)} ${shellQuote(CLI_ENTRY)} checkpoint commit`,
       extraEnv: { FABRIC_DATA_DIR: init.paths.dir },
       renewLeases: () => this.#launcher.renewLeases(),
+      restore: async (job, checkpoint, dir) => {
+        await this.#checkpoints.restore(checkpoint.manifestId, checkpoint.holders.filter((h) => h !== this.peerId), dir);
+      },
       gangAddress: (peer) => hostAddress(this.#gossip.membership.get(peer)?.state?.addrs ?? []),
       rng,
       log: init.jobLog,
@@ -238,6 +253,8 @@ export class Daemon {
     await this.#gossip.start();
     await this.#control.start();
     await serveLogs(host, this.#log, (id) => this.#agent.logDir(id));
+    await this.#checkpoints.start();
+    this.#timers.push(setInterval(() => void this.#collectCheckpoints(), 30_000));
     this.#agent.start();
     this.#placement.start();
     if (this.config.raft.bootstrap) {
@@ -313,6 +330,7 @@ export class Daemon {
         cancelJob: (id, r) => this.cancelJob(id, r),
         jobLogs: (id, q) => this.jobLogs(id, q),
         explainJob: (id) => this.explainJob(id),
+        commitCheckpoint: (id, r) => this.commitCheckpoint(id, r),
       },
       { token, log: this.#log.child({ module: 'api' }) },
     );
@@ -390,6 +408,72 @@ export class Daemon {
   /** The control plane: Raft node, forwarding and the replicated state (for tests and the runtime). */
   get control(): ControlPlane {
     return this.#control;
+  }
+
+  /**
+   * `fabric checkpoint commit`, as a job on this host asks it: the checkpoint directory is cut
+   * into chunks and stored, replicated to R peers in other zones (only chunks they lack travel),
+   * and recorded in Raft with its holders; the state machine refuses it if the job has moved on
+   * to a later epoch. Older checkpoints beyond the last CHECKPOINTS_KEPT are then collected.
+   */
+  async commitCheckpoint(jobId: string, req: CheckpointCommitRequest): Promise<CheckpointCommitResponse> {
+    const started = Date.now();
+    const state = this.#control.state;
+    const job = state.job(jobId);
+    if (job === undefined) throw new FabricError('NOT_FOUND', `no job ${jobId} in this peer's replica`);
+    const here = this.#agent.running().find((r) => r.jobId === jobId);
+    if (here === undefined || here.epoch !== req.epoch || job.epoch !== req.epoch) {
+      throw new FabricError('REJECTED', `job ${jobId} does not run here at epoch ${req.epoch} (it is ${job.state} at epoch ${job.epoch}): checkpoint refused`, { details: { reject: 'STALE_EPOCH' } });
+    }
+    const step = req.step ?? (state.checkpoints(jobId).at(-1)?.step ?? -1) + 1;
+    const zoneOf = (e: { state?: NodeState | undefined }) => e.state?.labels.zone;
+    const raft = this.#control.localStatus();
+    const members = new Set([...raft.voters, ...raft.learners]);
+    const candidates = this.#gossip.membership
+      .list()
+      .filter((e) => e.peerId !== this.peerId && e.status === 'alive' && members.has(e.peerId))
+      .map((e) => ({ peerId: e.peerId, zone: zoneOf(e) }));
+    const wanted = Math.min(CHECKPOINT_REPLICAS, candidates.length);
+    const outcome = await this.#checkpoints.checkpoint({
+      dir: req.dir ?? this.#agent.checkpointDir(jobId),
+      jobId,
+      step,
+      epoch: req.epoch,
+      writer: { peerId: this.peerId, zone: this.config.labels.zone },
+      candidates,
+      replicas: wanted,
+    });
+    if (outcome.holders.length < wanted + 1) {
+      throw new FabricError('REJECTED', `checkpoint ${step} of ${jobId} reached ${outcome.holders.length - 1} of ${wanted} replicas; not recorded`);
+    }
+    const { index, result } = await this.#control.submit({
+      type: 'checkpoint.commit',
+      requestId: `${jobId}:ckpt:${req.epoch}:${step}:${outcome.commit.manifestId}`,
+      actor: this.peerId,
+      jobId,
+      epoch: req.epoch,
+      step,
+      manifestId: outcome.commit.manifestId,
+      sizeBytes: outcome.sizeBytes,
+      holders: outcome.holders,
+    });
+    if (!result.ok) throw new FabricError('REJECTED', `checkpoint ${step} of ${jobId} refused: ${result.message} (${result.code})`, { details: { reject: result.code } });
+    void this.#control
+      .submit({ type: 'checkpoint.gc', requestId: `${jobId}:ckpt-gc:${index}`, actor: this.peerId, jobId, keep: CHECKPOINTS_KEPT })
+      .catch((err: unknown) => this.#log.debug({ err: errorMessage(err) }, 'checkpoint gc not committed'));
+    const sentBytes = outcome.replication.peers.reduce((n, p) => n + p.sentBytes, 0);
+    return { jobId, step, manifestId: outcome.commit.manifestId, sizeBytes: outcome.sizeBytes, newBytes: outcome.commit.newBytes, holders: outcome.holders, sentBytes, ms: Date.now() - started, index };
+  }
+
+  /** Drops local checkpoint data that no committed checkpoint of any job names any more. */
+  async #collectCheckpoints(): Promise<void> {
+    try {
+      const state = this.#control.state;
+      const keep = state.jobs().flatMap((j) => state.checkpoints(j.id).map((c) => c.manifestId));
+      await this.#checkpoints.gc(keep);
+    } catch (err) {
+      this.#log.warn({ err: errorMessage(err) }, 'checkpoint collection failed');
+    }
   }
 
   async explainJob(jobId: string): Promise<ExplainResponse> {
@@ -513,6 +597,7 @@ export class Daemon {
     }
     this.#placement.stop();
     await this.#agent.stop().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'stopping jobs failed'));
+    await this.#checkpoints.stop().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'stopping the checkpoint service failed'));
     await this.#launcher.close().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'closing the job launcher failed'));
     await this.#control.stop().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'raft stop failed'));
     this.#gossip.stop();
@@ -520,6 +605,10 @@ export class Daemon {
     this.#lock.release();
   }
 }
+
+/** Replicas of each checkpoint besides the writer's own copy, and checkpoints kept per job. */
+const CHECKPOINT_REPLICAS = 2;
+const CHECKPOINTS_KEPT = 3;
 
 /** Where this daemon's CLI lives: what a job runs to commit a checkpoint. */
 const CLI_ENTRY = fileURLToPath(new URL('./main.ts', import.meta.url));

@@ -17,7 +17,7 @@ const unused = (): never => {
 };
 /** A backend whose every call fails; tests override what they use. */
 function backend(overrides: Partial<ApiBackend>): ApiBackend {
-  return { status: unused, nodes: unused, token: unused, changeLabels: unused, raftPeers: unused, submitJob: unused, jobs: unused, job: unused, cancelJob: unused, jobLogs: unused, explainJob: unused, ...overrides };
+  return { status: unused, nodes: unused, token: unused, changeLabels: unused, raftPeers: unused, submitJob: unused, jobs: unused, job: unused, cancelJob: unused, jobLogs: unused, explainJob: unused, commitCheckpoint: unused, ...overrides };
 }
 
 describe('API routes', () => {
