@@ -269,7 +269,7 @@ export function registerJobCommands(program: Command): void {
         const r = await FabricClient.fromDataDir(dataDirOf(flags)).commitCheckpoint(flags.job, { epoch: flags.epoch, ...(flags.step !== undefined ? { step: flags.step } : {}), ...(dir !== undefined ? { dir } : {}) });
         if (flags.json) printJson(r);
         else {
-          const mib = (b: number) => `${(b / 1_048_576).toFixed(1)} MiB`;
+          const mib = (b: number) => (b >= 1_048_576 ? `${(b / 1_048_576).toFixed(1)} MiB` : `${(b / 1024).toFixed(1)} KiB`);
           process.stdout.write(`checkpoint step ${r.step} of ${r.jobId} committed: ${mib(r.sizeBytes)} (${mib(r.newBytes)} new, ${mib(r.sentBytes)} sent), held by ${r.holders.map(shortPeerId).join(', ')}, ${r.ms} ms\n`);
         }
       }),

@@ -6,6 +6,7 @@
  * the term of the snapshot's index stays answerable after compaction. Real entries follow it.
  */
 import { FabricError } from '../core/index.ts';
+import { bootstrapLog } from './bootstrap.ts';
 import type { ConfState, Entry, HardState, LogStorage, Snapshot } from './types.ts';
 import { limitSize } from './util.ts';
 
@@ -14,11 +15,26 @@ export class MemoryStorage implements LogStorage {
   #snapshot: Snapshot;
   #entries: Entry[];
 
-  /** `confState` is the configuration a brand-new group starts from (the snapshot at index 0). */
-  constructor(init: { confState?: ConfState } = {}) {
+  /**
+   * `bootstrap`: a founder of a new group; its configuration is written into the log as
+   * committed conf-change entries 1..n (see bootstrap.ts), so that a node added later with an
+   * empty storage learns it by replication.
+   * `confState`: the snapshot at index 0 holds this configuration instead. Only for a group
+   * whose EVERY node, including any added later, starts with that same snapshot (the scripted
+   * tests, as etcd's do): a node that starts empty and gets the log from index 1 never learns it.
+   */
+  constructor(init: { confState?: ConfState; bootstrap?: ConfState } = {}) {
+    if (init.confState !== undefined && init.bootstrap !== undefined) {
+      throw new FabricError('BAD_INPUT', 'a storage starts from a snapshot configuration or a bootstrap log, not both');
+    }
     const confState = copyConfState(init.confState ?? { voters: [], learners: [] });
     this.#snapshot = { metadata: { index: 0, term: 0, confState }, data: new Uint8Array(0) };
     this.#entries = [dummyEntry(0, 0)];
+    if (init.bootstrap !== undefined) {
+      const boot = bootstrapLog(init.bootstrap);
+      this.#entries.push(...boot.entries);
+      this.#hardState = boot.hardState;
+    }
   }
 
   initialState(): { hardState: HardState; confState: ConfState } {

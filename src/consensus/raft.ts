@@ -103,7 +103,7 @@ export class Raft {
     const { hardState, confState } = config.storage.initialState();
     this.tracker = ProgressTracker.fromConfState(confState, this.maxInflight, this.log.lastIndex());
     this.#switchToConfig();
-    if (hardState.term !== 0 || hardState.vote !== null || hardState.commit !== 0) this.#loadState(hardState);
+    this.#loadState(hardState, config.storage.snapshot().metadata.index);
     if (config.applied > 0) {
       if (config.applied > this.log.committed) {
         throw new FabricError('BAD_INPUT', `applied index ${config.applied} is beyond the commit index ${this.log.committed}`);
@@ -781,13 +781,51 @@ export class Raft {
     this.msgs.push(m);
   }
 
-  #loadState(hs: HardState): void {
-    if (hs.commit < this.log.committed || hs.commit > this.log.lastIndex()) {
-      throw new FabricError('INTERNAL', `stored commit index ${hs.commit} is outside the log [${this.log.committed}, ${this.log.lastIndex()}]`);
+  /**
+   * Loads the persisted hard state (a restart), made consistent with the log stored beside it.
+   * The repairs are derived from the storage alone, the same at every load, so they need not be
+   * persisted; the next hard state the node persists carries them.
+   */
+  #loadState(hs: HardState, snapshotIndex: number): void {
+    const lastIndex = this.log.lastIndex();
+    // Commit index. Below the snapshot: a snapshot only ever holds committed state (ours is of
+    // applied entries, a leader's of its applied ones), so its index is committed even when a
+    // crash kept the snapshot but lost the hard state written after it (a storage whose writes
+    // are not atomic per Ready can do that). Everything compacted away was committed too.
+    const commit = Math.max(hs.commit, snapshotIndex, this.log.committed);
+    // Beyond the last index: the hard state is persisted with (or after) the entries it covers,
+    // in write order, and a crash keeps a prefix of the writes; a torn tail loses the hard state
+    // with the entries. Entries below the commit index are never overwritten (conflicts lie above
+    // it), and a snapshot install sets commit = its index. So entries this node once stored and
+    // counted as committed are gone: the storage is corrupt (or its driver wrote the hard state
+    // first). Clamping would hide it, and this node may have acknowledged those entries towards
+    // a quorum: continuing could make a committed entry disappear. Refuse to start.
+    if (commit > lastIndex) {
+      throw new FabricError(
+        'CORRUPT_STORAGE',
+        `stored commit index ${hs.commit} is beyond the log's last index ${lastIndex}: committed entries are missing from storage; ` +
+          'refusing to start (restore the data dir from a healthy peer, or remove this node from the group and let it rejoin empty)',
+        { details: { commit: hs.commit, lastIndex, snapshotIndex } },
+      );
     }
-    this.log.committed = hs.commit;
-    this.term = hs.term;
-    this.vote = hs.vote;
+    this.log.committed = commit;
+    // Term. It must be at least the term of the last entry (or snapshot): a crash between the
+    // write of a new leader's entries (or snapshot) and the write of the hard state of that term
+    // leaves it lower, and a node at term t < lastLogTerm T could campaign at a term below
+    // entries it holds. Repairing is safe: term T exists (a leader of T sent those entries), so
+    // adopting it is what receiving any message of T does. The vote is cleared because it was
+    // cast, if at all, in the older term: a vote in T (or in any term above the stored one) is
+    // sent only after a hard state of that term is durable, and durable writes survive a crash,
+    // so the stored term would be at least T. No vote of this node in T exists anywhere.
+    // (Refusing to start instead would turn a plain crash into a dead node.)
+    const lastTerm = this.log.lastTerm();
+    if (hs.term >= lastTerm) {
+      this.term = hs.term;
+      this.vote = hs.vote;
+    } else {
+      this.term = lastTerm;
+      this.vote = null;
+    }
   }
 
   // ---- configuration, driver feedback ---------------------------------------------------

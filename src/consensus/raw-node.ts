@@ -14,6 +14,14 @@
  *     node.advance(rd);
  *   }
  *
+ * Starting: a new group's founders start from a storage holding `bootstrapLog(conf)` (committed
+ * conf-change entries 1..n at term 1: MemoryStorage({ bootstrap }), DiskRaftStore.open with
+ * `confState`); their first Ready hands those entries out to apply like any committed conf
+ * change, and only then may a founder campaign. A node that joins later starts from an empty
+ * storage and learns the configuration from the log (or snapshot) its leader sends. On restart,
+ * the hard state is checked against the log (see Raft#loadState): a term below the last entry's
+ * is raised, a commit index below the snapshot's is raised, one beyond the log is CORRUPT_STORAGE.
+ *
  * Errors: propose/proposeConfChange/readIndex throw FabricError NOT_LEADER when no leader is
  * known to take the request, PROPOSAL_DROPPED when the leader refuses it (leadership transfer
  * under way, a conf change still pending, ...). A proposal that was accepted can still be lost

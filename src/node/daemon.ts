@@ -483,6 +483,7 @@ export class Daemon {
 
   async submitJob(req: JobSubmitRequest): Promise<JobSubmitResponse> {
     const spec = req.spec;
+    if (spec.command === undefined || spec.command.length === 0) throw new FabricError('BAD_INPUT', 'invalid job spec: command: a job needs a command to run');
     if (spec.waitForCapacity !== true) {
       // Refuse at once what no peer of the fabric could ever run, rather than queue it forever.
       const verdict = this.#placement.feasibleEver(spec, 'new-job');

@@ -462,6 +462,8 @@ export class RaftNode {
     if (e.type === 'conf-change') {
       const change = decodeConfChange(e.data);
       this.#conf = raw.applyConfChange(change);
+      // A bootstrapped founder learns it is alone only now, from its first entry: do not wait out an election timeout.
+      if (this.#conf.voters.length === 1 && this.#conf.voters[0] === this.id && raw.status().role !== 'leader') this.#enqueue(() => this.#raw!.campaign());
       this.#log.info({ index: e.index, change, voters: this.#conf.voters, learners: this.#conf.learners }, 'configuration changed');
       for (const listener of this.#confListeners) callSafely(this.#log, () => listener({ index: e.index, change, conf: this.#conf }));
       if (pending === undefined) return;
@@ -521,19 +523,15 @@ export class RaftNode {
 
   /**
    * Snapshots the state machine at the applied index now and then, and drops the log behind it.
-   *
-   * Also once right after the first entry is applied: a bootstrapped group's first configuration
-   * lives only in the first voter's initial snapshot (snap-0), not in any log entry, so a node
-   * added later must start from a snapshot, never from log index 1, or it would not know the
-   * first voter. Compacting the whole log at once guarantees that.
+   * (A group's first configuration is in its log as conf-change entries, see
+   * src/consensus/bootstrap.ts, so a node added later may replicate from index 1.)
    */
   #maybeSnapshot(): void {
-    const bootstrapped = this.#snapshotIndex === 0 && this.#applied > 0;
-    if (!bootstrapped && this.#applied - this.#snapshotIndex < this.#snapshotEvery) return;
+    if (this.#applied - this.#snapshotIndex < this.#snapshotEvery) return;
     const store = this.#store!;
     store.createSnapshot(this.#applied, this.#conf, this.#sm.snapshot());
     this.#snapshotIndex = this.#applied;
-    const to = bootstrapped ? this.#applied : this.#applied - this.#compactKeep;
+    const to = this.#applied - this.#compactKeep;
     if (to >= store.firstIndex()) store.compact(to);
     // Durable with the next Ready's sync (or at close): losing it in a crash only costs a replay.
     this.#log.debug({ index: this.#applied, firstIndex: store.firstIndex() }, 'snapshot taken, log compacted');

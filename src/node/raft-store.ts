@@ -33,8 +33,16 @@
  *   whose header repeats the hard state and snapshot so that older segments can go.
  * - `snap-<index, 16 hex>.snap`: `[magic "FRS1"][crc u32 of the rest][meta len u32][meta JSON
  *   {index, term, confState}][data]`, written with writeFileDurable (temp, fsync, rename, dir
- *   fsync) BEFORE the WAL op that names it. `snap-0…` holds the configuration a new group starts
- *   from. Only the current snapshot file is kept.
+ *   fsync) BEFORE the WAL op that names it. Only the current snapshot file is kept. `snap-0…`
+ *   holds no configuration: a new group's first configuration is in its log (see Creation).
+ *   (Stores created before that held it in `snap-0…`; they still open as they are.)
+ *
+ * ## Creation
+ * A new directory gets `snap-0…`, then its first segment: the header and, for a founder (the
+ * `confState` option), one batch with the bootstrap entries (src/consensus/bootstrap.ts) and the
+ * hard state {term 1, commit n}. The segment is written whole with writeFileDurable (temp file,
+ * fsync, rename, dir fsync): a crash leaves no segment (creation starts over) or all of it,
+ * never a founder that forgot its configuration.
  *
  * ## Compaction
  * After a durable compact to C, every closed segment (oldest first) whose entries all lie at or
@@ -65,6 +73,7 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { z } from 'zod';
 import { FabricError, errorMessage, type Logger } from '../core/index.ts';
+import { bootstrapLog } from '../consensus/bootstrap.ts';
 import type { ConfState, Entry, HardState, LogStorage, Snapshot } from '../consensus/types.ts';
 import { limitSize } from '../consensus/util.ts';
 import { ensureDir, fsyncDir, writeFileDurable } from './files.ts';
@@ -73,7 +82,12 @@ export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
 
 export interface DiskRaftStoreOptions {
   log: Logger;
-  /** The configuration a brand-new group starts from (ignored when the directory holds a store). */
+  /**
+   * For a new directory only (ignored when it holds a store): the configuration of a new group
+   * this node founds, written into the log as the core's bootstrap entries (conf changes at
+   * indexes 1..n, term 1, committed), so that nodes added later learn it by replication. Absent
+   * or empty: an empty log, a node that waits for a group's leader to add it.
+   */
   confState?: ConfState;
   /** Size at which a segment is closed and the next batch opens a new one. */
   segmentBytes?: number;
@@ -755,8 +769,8 @@ interface Recovered {
 function recover(dir: string, options: DiskRaftStoreOptions): Recovered {
   const log = options.log;
   const names = readdirSync(dir);
-  // writeFileDurable's temp files: a crash came between write and rename.
-  for (const name of names) if (name.startsWith('.snap-') && name.endsWith('.tmp')) removeQuietly(join(dir, name), log);
+  // writeFileDurable's temp files (snapshots, a new store's first segment): a crash came between write and rename.
+  for (const name of names) if ((name.startsWith('.snap-') || name.startsWith('.wal-')) && name.endsWith('.tmp')) removeQuietly(join(dir, name), log);
 
   let segments: SegmentInfo[] = names
     .map((name) => ({ name, m: SEGMENT_NAME.exec(name) }))
@@ -935,15 +949,25 @@ function replayBatch(s: LogState, r: ByteReader): number {
 
 function createFresh(dir: string, options: DiskRaftStoreOptions): Recovered {
   const state = emptyState();
-  if (options.confState !== undefined) state.confState = copyConfState(options.confState);
+  const boot = bootstrapLog(options.confState ?? { voters: [], learners: [] });
   const empty = new Uint8Array(0);
-  // The snapshot first: a WAL segment always finds the snapshot it names.
+  // The snapshot first: a WAL segment always finds the snapshot it names. It holds no
+  // configuration: a founder's is in the log, below.
   writeSnapshotFile(dir, { metadata: { index: 0, term: 0, confState: state.confState }, data: empty });
   const seg: SegmentInfo = { seq: 1, name: segmentName(1), maxEntryIndex: 0 };
-  const header = encodeSegmentHeader(headerOf(state));
-  writeFileSyncAt(join(dir, seg.name), header);
-  fsyncDir(dir);
-  return { state, snapshotData: empty, segments: [seg], activeSize: header.length };
+  let file = encodeSegmentHeader(headerOf(state));
+  if (boot.entries.length > 0) {
+    appendEntries(state, boot.entries);
+    state.hardState = { ...boot.hardState };
+    const w = newBatchWriter();
+    encodeEntries(w, boot.entries);
+    encodeHardStateOp(w, boot.hardState);
+    file = Buffer.concat([file, sealRecord(w, RECORD_BATCH)]);
+    seg.maxEntryIndex = lastIndexOf(state);
+  }
+  // Whole or not at all (see Creation).
+  writeFileDurable(join(dir, seg.name), file);
+  return { state, snapshotData: empty, segments: [seg], activeSize: file.length };
 }
 
 /** Replaces a file's content with `data`, fsynced (for a segment header at recovery). */

@@ -4,9 +4,12 @@
  * per node a toy state machine (the list of applied values) so that snapshots carry state.
  *
  * Commands (ids are small integers; `(1,2,3)` is a list):
- *   add-nodes N [voters=(..)] [learners=(..)] [index=I] [pre-vote=bool] [check-quorum=bool]
- *             [max-size=BYTES] [max-inflight=N]     new nodes, their storage seeded with a
- *                                                   snapshot at index I (term 1) holding the config
+ *   add-nodes N [voters=(..)] [learners=(..)] [index=I] [bootstrap=bool] [pre-vote=bool]
+ *             [check-quorum=bool] [max-size=BYTES] [max-inflight=N]
+ *                                   new nodes, their storage seeded with a snapshot at index I
+ *                                   (term 1) holding the config; with bootstrap=true, with the
+ *                                   config as committed conf-change entries 1..n at term 1
+ *                                   instead (a new group's founders; no voters: an empty node)
  *   campaign ID                     start an election (pre-vote first when enabled)
  *   propose ID DATA                 propose a normal entry
  *   propose-conf-change ID TYPE NODE   TYPE: add-voter | remove-voter | add-learner
@@ -202,11 +205,18 @@ export class InteractionEnv {
     const voters = parseList(options.get('voters'));
     const learners = parseList(options.get('learners'));
     const index = Number(options.get('index') ?? 0);
+    const bootstrap = parseBool(options.get('bootstrap'), false);
+    if (bootstrap && index > 0) throw new Error('add-nodes: bootstrap=true starts from an empty log, not a snapshot at index>0');
     for (let i = 0; i < n; i++) {
       const id = String(this.nodes.size + 1);
       const confState = { voters, learners };
-      const storage = new MemoryStorage({ confState });
-      if (index > 0) storage.applySnapshot({ metadata: { index, term: 1, confState }, data: encodeValues([]) });
+      const storage = bootstrap ? new MemoryStorage({ bootstrap: confState }) : new MemoryStorage({ confState });
+      if (index > 0) {
+        storage.applySnapshot({ metadata: { index, term: 1, confState }, data: encodeValues([]) });
+        // What a node that installed this snapshot would have persisted with it.
+        storage.setHardState({ term: 1, vote: null, commit: index });
+      }
+      const initialConf = bootstrap ? { voters: [], learners: [] } : confState;
       const config = {
         id,
         electionTick: ELECTION_TICK,
@@ -218,7 +228,7 @@ export class InteractionEnv {
         maxSizePerMsg: Number(options.get('max-size') ?? 1 << 20),
         maxInflightMsgs: Number(options.get('max-inflight') ?? 256),
       };
-      const node: EnvNode = { id, raw: new RawNode({ ...config, storage, applied: 0 }), storage, config, applied: [], confHistory: [{ index, confState }] };
+      const node: EnvNode = { id, raw: new RawNode({ ...config, storage, applied: 0 }), storage, config, applied: [], confHistory: [{ index, confState: initialConf }] };
       this.nodes.set(id, node);
     }
   }

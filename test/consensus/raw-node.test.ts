@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest';
 import { FabricError, isFabricError } from '../../src/core/index.ts';
+import { bootstrapLog } from '../../src/consensus/bootstrap.ts';
 import { MemoryStorage } from '../../src/consensus/memory-storage.ts';
 import { decodeConfChange, encodeConfChange, RawNode } from '../../src/consensus/raw-node.ts';
 import { newMessage } from '../../src/consensus/raft.ts';
@@ -169,12 +170,12 @@ describe('RawNode', () => {
     env.handle('stabilize');
     env.handle('tick-election 2');
     env.handle('stabilize');
-    expect(env.nodes.get('3')!.raw.status()).toMatchObject({ term: 2, lead: '2' });
+    expect(env.nodes.get('3')!.raw.status()).toMatchObject({ term: 3, lead: '2' });
     env.handle('heal');
-    env.handle('tick-heartbeat 1'); // old leader's heartbeat at term 1
+    env.handle('tick-heartbeat 1'); // old leader's heartbeat at term 2
     const out = env.handle('stabilize');
-    expect(out).toContain('2->1 app-resp term=2 index=0');
-    expect(env.nodes.get('1')!.raw.status()).toMatchObject({ role: 'follower', term: 2 });
+    expect(out).toContain('2->1 app-resp term=3 index=0');
+    expect(env.nodes.get('1')!.raw.status()).toMatchObject({ role: 'follower', term: 3 });
   });
 
   test('a learner receives the log but never campaigns', () => {
@@ -238,5 +239,114 @@ describe('ConfChange encoding', () => {
       expect(errorCode(() => decodeConfChange(bytes(bad)))).toBe('BAD_INPUT');
     }
     expect(errorCode(() => decodeConfChange(new Uint8Array([0xff, 0xfe])))).toBe('BAD_INPUT');
+  });
+});
+
+describe('bootstrap', () => {
+  const entry = (index: number, term: number, text = `e${index}`) => ({ index, term, type: 'normal' as const, data: bytes(text) });
+
+  test('bootstrapLog: canonical committed conf-change entries 1..n at term 1; an empty configuration gives an empty log', () => {
+    const a = bootstrapLog({ voters: ['3', '1', '2', '1'], learners: ['4', '2'] });
+    const b = bootstrapLog({ voters: ['2', '3', '1'], learners: ['4'] });
+    expect(a).toEqual(b); // every founder writes the same entries (log matching)
+    expect(a.entries.map((e) => [e.index, e.term, e.type, decodeConfChange(e.data)])).toEqual([
+      [1, 1, 'conf-change', { type: 'add-voter', node: '1' }],
+      [2, 1, 'conf-change', { type: 'add-voter', node: '2' }],
+      [3, 1, 'conf-change', { type: 'add-voter', node: '3' }],
+      [4, 1, 'conf-change', { type: 'add-learner', node: '4' }],
+    ]);
+    expect(a.hardState).toEqual({ term: 1, vote: null, commit: 4 });
+    expect(bootstrapLog({ voters: [], learners: [] })).toEqual({ entries: [], hardState: { term: 0, vote: null, commit: 0 } });
+    expect(errorCode(() => bootstrapLog({ voters: [], learners: ['1'] }))).toBe('BAD_INPUT');
+    expect(errorCode(() => bootstrapLog({ voters: [''], learners: [] }))).toBe('BAD_INPUT');
+    expect(errorCode(() => new MemoryStorage({ confState: { voters: ['1'], learners: [] }, bootstrap: { voters: ['1'], learners: [] } }))).toBe('BAD_INPUT');
+  });
+
+  test('a bootstrapped single voter learns its configuration by applying entry 1, then elects itself', () => {
+    const storage = new MemoryStorage({ bootstrap: { voters: ['1'], learners: [] } });
+    expect(storage.snapshot().metadata.confState).toEqual({ voters: [], learners: [] });
+    const node = new RawNode(config({ storage }));
+    expect(node.status()).toMatchObject({ term: 1, commit: 1, applied: 0, lastIndex: 1, config: { voters: [], learners: [] } });
+    node.campaign(); // not a voter yet: nothing happens
+    const rd = node.ready();
+    expect(rd.messages).toEqual([]);
+    expect(rd.committedEntries.map((e) => e.index)).toEqual([1]);
+    expect(node.applyConfChange(decodeConfChange(rd.committedEntries[0]!.data))).toEqual({ voters: ['1'], learners: [] });
+    node.advance(rd);
+    node.campaign();
+    handle(node, storage);
+    expect(node.status()).toMatchObject({ role: 'leader', term: 2 });
+  });
+
+  test('with the configuration only in the index-0 snapshot, an empty joiner fed the log from index 1 never learns the founder (why bootstrap writes it into the log)', () => {
+    // The founder's log after it elected itself, added '2' and committed that.
+    const founderLog = [entry(1, 2, ''), { index: 2, term: 2, type: 'conf-change' as const, data: encodeConfChange({ type: 'add-learner', node: '2' }) }];
+    const joinerConfig = (founderStorage: 'snapshot' | 'bootstrap'): unknown => {
+      const storage = new MemoryStorage();
+      const joiner = new RawNode(config({ id: '2', storage }));
+      const prefix = founderStorage === 'bootstrap' ? bootstrapLog({ voters: ['1'], learners: [] }).entries : [];
+      const shift = prefix.length;
+      const log = [...prefix, ...founderLog.map((e) => ({ ...e, index: e.index + shift }))];
+      joiner.step(newMessage('app', '2', { from: '1', term: 2, logTerm: 0, index: 0, commit: log.length, entries: log }));
+      const rd = joiner.ready();
+      let conf: unknown;
+      for (const e of rd.committedEntries) if (e.type === 'conf-change') conf = joiner.applyConfChange(decodeConfChange(e.data));
+      return conf;
+    };
+    expect(joinerConfig('snapshot')).toEqual({ voters: [], learners: ['2'] }); // the founder '1' is missing
+    expect(joinerConfig('bootstrap')).toEqual({ voters: ['1'], learners: ['2'] });
+  });
+});
+
+describe('loading the stored state (a restart)', () => {
+  const entry = (index: number, term: number) => ({ index, term, type: 'normal' as const, data: bytes(`e${index}`) });
+  const three = { voters: ['1', '2', '3'], learners: [] };
+
+  test('a term below the last entry\'s (entries kept, their hard state lost) is raised to it, the vote cleared', () => {
+    const storage = new MemoryStorage({ bootstrap: three });
+    storage.append([entry(4, 3), entry(5, 3)]);
+    storage.setHardState({ term: 2, vote: '2', commit: 3 });
+    const node = new RawNode(config({ storage }));
+    expect(node.status()).toMatchObject({ term: 3, vote: null, commit: 3 });
+    // It never voted in term 3 (that vote would have been durable with term 3): it may now.
+    node.step(newMessage('vote', '1', { from: '3', term: 3, logTerm: 3, index: 5 }));
+    const rd = node.ready();
+    expect(rd.hardState).toEqual({ term: 3, vote: '3', commit: 3 });
+    expect(rd.messages.map((m) => [m.type, m.term, m.reject])).toEqual([['vote-resp', 3, false]]);
+  });
+
+  test('a term at or above the last entry\'s is kept with its vote, and nothing new is to persist', () => {
+    const storage = new MemoryStorage({ bootstrap: three });
+    storage.append([entry(4, 3)]);
+    storage.setHardState({ term: 4, vote: '2', commit: 4 });
+    const node = new RawNode(config({ storage }));
+    expect(node.status()).toMatchObject({ term: 4, vote: '2', commit: 4 });
+    node.step(newMessage('vote', '1', { from: '3', term: 4, logTerm: 3, index: 4 }));
+    expect(node.ready().messages.map((m) => [m.type, m.reject])).toEqual([['vote-resp', true]]);
+  });
+
+  test('a snapshot kept without its hard state: term raised to the snapshot\'s, commit to its index', () => {
+    const storage = new MemoryStorage({ bootstrap: three });
+    storage.applySnapshot({ metadata: { index: 9, term: 4, confState: three }, data: new Uint8Array() });
+    storage.setHardState({ term: 2, vote: '3', commit: 3 });
+    const node = new RawNode(config({ storage, applied: 9 }));
+    expect(node.status()).toMatchObject({ term: 4, vote: null, commit: 9, applied: 9, lastIndex: 9, config: three });
+  });
+
+  test('a commit index beyond the last index (committed entries missing) is refused with CORRUPT_STORAGE', () => {
+    const storage = new MemoryStorage({ bootstrap: three });
+    storage.append([entry(4, 2), entry(5, 2)]);
+    storage.setHardState({ term: 2, vote: null, commit: 7 });
+    let caught: unknown;
+    try {
+      new RawNode(config({ storage }));
+    } catch (err) {
+      caught = err;
+    }
+    expect(isFabricError(caught, 'CORRUPT_STORAGE')).toBe(true);
+    expect((caught as FabricError).message).toMatch(/commit index 7 is beyond the log's last index 5/);
+    // At the last index itself it is fine.
+    storage.setHardState({ term: 2, vote: null, commit: 5 });
+    expect(new RawNode(config({ storage })).status().commit).toBe(5);
   });
 });

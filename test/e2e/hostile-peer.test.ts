@@ -156,7 +156,7 @@ describe('a hostile peer inside the private network', () => {
     expect(after.voters).toEqual(before.voters);
     expect(after.commit).toBe(before.commit);
     // and the group still commits
-    const job = await FabricClient.fromDataDir(d.dataDir).submitJob({ spec: { name: 'after-the-garbage' } });
+    const job = await FabricClient.fromDataDir(d.dataDir).submitJob({ spec: { name: 'after-the-garbage', gpus: 1, waitForCapacity: true, command: ['true'] } });
     expect(job.state).toBe('queued');
     expect((await d.status()).raft.commit).toBeGreaterThan(before.commit);
     expect(d.child?.exitCode).toBeNull();

@@ -7,11 +7,15 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DiskRaftStore } from '../../src/node/raft-store.ts';
 import { MemoryStorage } from '../../src/consensus/memory-storage.ts';
-import type { ConfState, Entry, LogStorage } from '../../src/consensus/types.ts';
+import { bootstrapLog } from '../../src/consensus/bootstrap.ts';
+import { decodeConfChange } from '../../src/consensus/conf-change.ts';
+import { RawNode } from '../../src/consensus/raw-node.ts';
+import type { ConfState, Entry, LogStorage, RaftConfig, Ready } from '../../src/consensus/types.ts';
 import { FabricError, SeededRng, isFabricError, silentLogger, type Logger } from '../../src/core/index.ts';
 import { CRASH_SEGMENT_BYTES, crashConf, expectedEntry, snapshotData, termOf } from './fixtures/raft-store-content.ts';
 
 const conf: ConfState = { voters: ['a', 'b', 'c'], learners: ['d'] };
+const none: ConfState = { voters: [], learners: [] };
 const FIRST_SEGMENT = 'wal-0000000000000001.log';
 
 let root: string;
@@ -48,8 +52,9 @@ function recordingLogger(): Logger & { warnings: string[] } {
   return log;
 }
 
-async function openStore(dir: string, log: Logger = silentLogger, segmentBytes?: number): Promise<DiskRaftStore> {
-  return DiskRaftStore.open(dir, { log, confState: conf, ...(segmentBytes === undefined ? {} : { segmentBytes }) });
+/** Opens (or creates) a store; a new one is empty (no bootstrap entries) unless `bootstrap` is given. */
+async function openStore(dir: string, log: Logger = silentLogger, segmentBytes?: number, bootstrap?: ConfState): Promise<DiskRaftStore> {
+  return DiskRaftStore.open(dir, { log, ...(bootstrap === undefined ? {} : { confState: bootstrap }), ...(segmentBytes === undefined ? {} : { segmentBytes }) });
 }
 
 function allEntries(s: LogStorage): Entry[] {
@@ -133,21 +138,54 @@ function entriesOp(entries: { index: number; term: number }[]): Buffer {
 }
 
 describe('DiskRaftStore: round trips', () => {
-  test('a new directory opens as an empty log with the initial configuration, and stays so', async () => {
+  test('a new directory without a configuration opens as an empty log (a node waiting to be added), and stays so', async () => {
     const dir = join(root, 'fresh');
     const store = await openStore(dir);
     expect(store.firstIndex()).toBe(1);
     expect(store.lastIndex()).toBe(0);
     expect(store.term(0)).toBe(0);
-    expect(store.initialState()).toEqual({ hardState: { term: 0, vote: null, commit: 0 }, confState: conf });
-    expect(store.snapshot().metadata).toEqual({ index: 0, term: 0, confState: conf });
+    expect(store.initialState()).toEqual({ hardState: { term: 0, vote: null, commit: 0 }, confState: none });
+    expect(store.snapshot().metadata).toEqual({ index: 0, term: 0, confState: none });
     await store.close();
     expect(readdirSync(dir).sort()).toEqual(['snap-0000000000000000.snap', FIRST_SEGMENT]);
-    // The configuration passed on a later open does not override the stored one.
-    const again = await DiskRaftStore.open(dir, { log: silentLogger, confState: { voters: ['x'], learners: [] } });
-    expect(again.initialState().confState).toEqual(conf);
-    expect(again.lastIndex()).toBe(0);
+    const again = await openStore(dir);
+    expect(view(again)).toEqual(view(new MemoryStorage()));
     await again.close();
+  });
+
+  test("a founder's new directory holds the configuration as committed bootstrap entries, not in snap-0; a later open keeps it", async () => {
+    const dir = join(root, 'founder');
+    const store = await openStore(dir, silentLogger, undefined, conf);
+    const expected = new MemoryStorage({ bootstrap: conf });
+    expect(view(store)).toEqual(view(expected));
+    expect(store.initialState()).toEqual({ hardState: { term: 1, vote: null, commit: 4 }, confState: none });
+    expect(store.snapshot().metadata).toEqual({ index: 0, term: 0, confState: none });
+    expect(allEntries(store).map((e) => `${e.term}/${e.index} ${e.type} ${JSON.stringify(decodeConfChange(e.data))}`)).toEqual([
+      '1/1 conf-change {"type":"add-voter","node":"a"}',
+      '1/2 conf-change {"type":"add-voter","node":"b"}',
+      '1/3 conf-change {"type":"add-voter","node":"c"}',
+      '1/4 conf-change {"type":"add-learner","node":"d"}',
+    ]);
+    // Durable at once (no sync() needed), and no temp file left behind.
+    expect(readdirSync(dir).sort()).toEqual(['snap-0000000000000000.snap', FIRST_SEGMENT]);
+    await store.close();
+    // The configuration passed on a later open does not override the stored one.
+    const again = await openStore(dir, silentLogger, undefined, { voters: ['x'], learners: [] });
+    expect(view(again)).toEqual(view(expected));
+    await again.close();
+  });
+
+  test('a crash while creating a store leaves no half-made one: a temp first segment is removed and creation starts over', async () => {
+    const dir = join(root, 'cut');
+    await (await openStore(dir, silentLogger, undefined, conf)).close();
+    // As if the process died between writing the first segment's temp file and renaming it.
+    const segment = readFileSync(join(dir, FIRST_SEGMENT));
+    unlinkSync(join(dir, FIRST_SEGMENT));
+    writeFileSync(join(dir, `.${FIRST_SEGMENT}.12345.tmp`), segment.subarray(0, segment.length - 7));
+    const store = await openStore(dir, silentLogger, undefined, conf);
+    expect(view(store)).toEqual(view(new MemoryStorage({ bootstrap: conf })));
+    expect(readdirSync(dir).sort()).toEqual(['snap-0000000000000000.snap', FIRST_SEGMENT]);
+    await store.close();
   });
 
   test('entries and hard state survive a reopen byte for byte', async () => {
@@ -362,8 +400,9 @@ describe('DiskRaftStore: snapshots and compaction', () => {
       fc.asyncProperty(fc.array(fc.nat(), { minLength: 10, maxLength: 40 }), fc.integer({ min: 1, max: 1 << 30 }), async (steps, seed) => {
         const dir = join(root, `prop-${run++}`);
         const rng = new SeededRng(seed);
-        const mem = new MemoryStorage({ confState: conf });
-        let disk = await openStore(dir, silentLogger, 2048);
+        // Both start as a founder: the bootstrap entries 1..4, then random writes (over them too).
+        const mem = new MemoryStorage({ bootstrap: conf });
+        let disk = await openStore(dir, silentLogger, 2048, conf);
         let term = 1;
         for (const step of steps) {
           const both = (fn: (s: MemoryStorage | DiskRaftStore) => void): void => {
@@ -422,6 +461,79 @@ describe('DiskRaftStore: snapshots and compaction', () => {
       }),
       { numRuns: 40, seed: 20261123 },
     );
+  });
+});
+
+describe('DiskRaftStore under the Raft core', () => {
+  const coreConfig = (storage: LogStorage, applied = 0): RaftConfig => ({
+    id: 'a',
+    electionTick: 10,
+    heartbeatTick: 2,
+    storage,
+    applied,
+    randomInt: () => 0,
+    preVote: false,
+    checkQuorum: false,
+    maxSizePerMsg: 1 << 20,
+    maxInflightMsgs: 8,
+  });
+
+  /** One Ready handled as the daemon's driver does: persist, ONE sync, apply conf changes, advance. */
+  async function handleReady(node: RawNode, store: DiskRaftStore): Promise<Ready> {
+    const rd = node.ready();
+    if (rd.snapshot !== undefined) store.applySnapshot(rd.snapshot);
+    store.append(rd.entries);
+    if (rd.hardState !== undefined) store.setHardState(rd.hardState);
+    await store.sync();
+    for (const e of rd.committedEntries) if (e.type === 'conf-change') node.applyConfChange(decodeConfChange(e.data));
+    node.advance(rd);
+    return rd;
+  }
+
+  test('a founder applies its bootstrap entries, elects itself, and after a restart rebuilds its configuration from the log', async () => {
+    const solo = { voters: ['a'], learners: [] };
+    const store = await openStore(root, silentLogger, undefined, solo);
+    const node = new RawNode(coreConfig(store));
+    const first = await handleReady(node, store);
+    expect(first.committedEntries.map((e) => e.index)).toEqual([1]);
+    expect(node.status().config).toEqual(solo);
+    node.campaign();
+    while (node.hasReady()) await handleReady(node, store);
+    expect(node.status()).toMatchObject({ role: 'leader', term: 2, commit: 2 });
+    node.propose(new Uint8Array([1]));
+    while (node.hasReady()) await handleReady(node, store);
+    await store.close();
+
+    const back = await openStore(root, silentLogger, undefined, { voters: ['z'], learners: [] });
+    const again = new RawNode(coreConfig(back));
+    expect(again.status()).toMatchObject({ term: 2, vote: 'a', commit: 3, config: none });
+    const replay = await handleReady(again, back);
+    expect(replay.committedEntries.map((e) => e.index)).toEqual([1, 2, 3]);
+    expect(again.status().config).toEqual(solo);
+    await back.close();
+  });
+
+  test('entries of a new term whose hard state never made it (written by separate syncs) load at that term, the vote cleared', async () => {
+    const store = await openStore(root, silentLogger, undefined, conf);
+    store.setHardState({ term: 2, vote: 'b', commit: 4 });
+    await store.sync();
+    store.append(range(5, 6, 3));
+    await store.sync();
+    await store.close();
+    const back = await openStore(root);
+    expect(back.initialState().hardState).toEqual({ term: 2, vote: 'b', commit: 4 });
+    expect(new RawNode(coreConfig(back)).status()).toMatchObject({ term: 3, vote: null, commit: 4, lastIndex: 6 });
+    await back.close();
+  });
+
+  test('a hard state whose commit index is beyond the log is refused with CORRUPT_STORAGE', async () => {
+    const store = await openStore(root, silentLogger, undefined, conf);
+    store.append(range(5, 6, 2));
+    store.setHardState({ term: 2, vote: null, commit: 9 });
+    await store.close();
+    const back = await openStore(root);
+    expectCode(() => new RawNode(coreConfig(back)), 'CORRUPT_STORAGE');
+    await back.close();
   });
 });
 
@@ -614,12 +726,14 @@ describe('DiskRaftStore: kill -9', () => {
         expect(snap.data).toEqual(snapshotData(snap.metadata.index));
         expect(snap.metadata.term).toBe(termOf(snap.metadata.index));
       }
-      expect(snap.metadata.confState).toEqual(crashConf);
+      // The writer founds a group: its configuration is in the log (entry 1), snap-0 holds none.
+      expect(snap.metadata.confState).toEqual(snap.metadata.index === 0 ? none : crashConf);
       lastSnapshot = Math.max(lastSnapshot, snap.metadata.index);
       // Every entry still in the log, acknowledged or not, is exactly what was written.
       const entries = allEntries(store);
       expect(entries.length).toBe(store.lastIndex() - store.firstIndex() + 1);
-      for (const e of entries) expect(e).toEqual(expectedEntry(e.index));
+      const boot = bootstrapLog(crashConf).entries;
+      for (const e of entries) expect(e).toEqual(boot[e.index - 1] ?? expectedEntry(e.index));
       const hs = store.initialState().hardState;
       expect(hs.commit).toBeGreaterThanOrEqual(acked);
       expect(hs.commit).toBeLessThanOrEqual(store.lastIndex());

@@ -27,10 +27,11 @@ export interface SimOptions {
   quietMs?: number;
   bug?: DriverBug;
   /**
-   * How a node added later starts. 'genesis' (default): its disk holds the group's first
-   * configuration at index 0, as every founding node's does, so replaying the log from index 1
-   * rebuilds the right configuration. 'empty': it starts with no configuration at all, which the
-   * core only handles if it sends such a node a snapshot rather than the log from index 1.
+   * How a node added later starts. 'genesis' (default): its disk is bootstrapped with the group's
+   * first configuration, exactly as every founder's is (the same committed entries 1..n at term
+   * 1, so its log agrees with theirs). 'empty': it starts with an empty disk and no configuration
+   * at all, as the daemon's joiners do, and learns the configuration from the log it replicates
+   * (from index 1, or from a snapshot).
    */
   joiners?: 'genesis' | 'empty';
   /** Disks write each sync as one all-or-nothing record, like DiskRaftStore (see DiskOptions). */
@@ -163,7 +164,8 @@ export class Cluster {
     this.net = new SimNetwork<Wire>(this.scheduler, this.rng, (_from, to, wire) => this.#deliver(to, wire), copyWire);
     this.net.setFaults(this.params.faults);
     const voters = Array.from({ length: this.params.nodes }, (_, i) => `n${i + 1}`);
-    this.#latestConf = { index: 0, conf: { voters, learners: [] } };
+    // The founders' disks hold the first configuration as the bootstrap entries 1..n.
+    this.#latestConf = { index: voters.length, conf: { voters, learners: [] } };
     this.#genesis = { voters, learners: [] };
     for (const id of voters) this.#addNode(id, { voters, learners: [] });
     for (let i = 1; i <= this.params.clients; i++) {

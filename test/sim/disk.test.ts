@@ -1,9 +1,12 @@
 import { describe, expect, test } from 'vitest';
 import { isFabricError, SeededRng } from '../../src/core/index.ts';
 import type { Entry } from '../../src/consensus/types.ts';
+import { decodeConfChange } from '../../src/consensus/conf-change.ts';
 import { SimDisk, type LogObserver } from './disk.ts';
+import { InvariantChecker } from './invariants.ts';
 
-const conf = { voters: ['a', 'b', 'c'], learners: [] };
+/** No bootstrap entries: the tests write every entry themselves. */
+const conf = { voters: [], learners: [] };
 
 function entry(index: number, term: number, text = `e${index}`): Entry {
   return { index, term, type: 'normal', data: new TextEncoder().encode(text) };
@@ -51,6 +54,37 @@ describe('SimDisk', () => {
       expect(disk.hasUnsynced()).toBe(false);
     }
     expect([...outcomes].sort()).toEqual([0, 1, 2]);
+  });
+
+  test("a founder's disk starts with the bootstrap entries durable and reported; an empty one with nothing", () => {
+    const checker = new InvariantChecker();
+    const founders = ['a', 'b'].map((id) => new SimDisk(id, { voters: ['b', 'a'], learners: [] }, checker));
+    for (const disk of founders) {
+      expect([disk.firstIndex(), disk.lastIndex()]).toEqual([1, 2]);
+      expect(disk.entries(1, 3).map((e) => [e.term, e.type, decodeConfChange(e.data)])).toEqual([
+        [1, 'conf-change', { type: 'add-voter', node: 'a' }],
+        [1, 'conf-change', { type: 'add-voter', node: 'b' }],
+      ]);
+      expect(disk.initialState()).toEqual({ hardState: { term: 1, vote: null, commit: 2 }, confState: conf });
+      // A crash right away keeps them: creation is durable.
+      disk.crash(new SeededRng(1));
+      expect(disk.lastIndex()).toBe(2);
+      expect(disk.durablyHolds(2, disk.chainAt(2)!)).toBe(true);
+    }
+    // Both founders hold the same prefix (log matching holds between them).
+    expect(founders[0]!.chainAt(2)).toBe(founders[1]!.chainAt(2));
+    const joiner = new SimDisk('c', conf, checker);
+    expect([joiner.lastIndex(), joiner.initialState().hardState]).toEqual([0, { term: 0, vote: null, commit: 0 }]);
+  });
+
+  test('the hard state is handed to the core as stored, even behind the log (the core repairs it at load)', () => {
+    const disk = new SimDisk('a', conf, observer());
+    disk.append([entry(1, 1)]);
+    disk.setHardState({ term: 1, vote: 'a', commit: 1 });
+    disk.sync();
+    disk.applySnapshot({ metadata: { index: 5, term: 3, confState: conf }, data: new Uint8Array() });
+    // What a crash that kept the snapshot but lost the hard state written after it leaves.
+    expect(disk.initialState().hardState).toEqual({ term: 1, vote: 'a', commit: 1 });
   });
 
   test('a torn append keeps a prefix of its entries, never a gap or a later write', () => {

@@ -10,6 +10,7 @@
  * `LogObserver`: the invariant checker compares chains across nodes (log matching) in O(1) per entry.
  */
 import { FabricError, type Rng } from '../../src/core/index.ts';
+import { bootstrapLog } from '../../src/consensus/bootstrap.ts';
 import type { ConfState, Entry, HardState, LogStorage, Snapshot } from '../../src/consensus/types.ts';
 import { limitSize } from '../../src/consensus/util.ts';
 import { compactedError, unavailableError } from './core-errors.ts';
@@ -69,26 +70,33 @@ export class SimDisk implements LogStorage {
   #view: LogImage;
   #unsynced: DiskWrite[] = [];
 
-  constructor(node: string, initialConf: ConfState, observer: LogObserver, options: DiskOptions = {}) {
+  /**
+   * A new disk, as `DiskRaftStore.open` makes one for a new directory: `bootstrap` is the group's
+   * first configuration, written (durably) into the log as the core's bootstrap entries 1..n,
+   * committed at term 1; an empty one leaves the disk empty (a node waiting to be added).
+   */
+  constructor(node: string, bootstrap: ConfState, observer: LogObserver, options: DiskOptions = {}) {
     this.node = node;
     this.#observer = observer;
     this.#syncLies = options.syncLies ?? false;
     this.#atomicSyncs = options.atomicSyncs ?? false;
-    this.#durable = emptyImage(initialConf);
-    this.#view = cloneImage(this.#durable);
+    const boot = bootstrapLog(bootstrap);
+    this.#view = emptyImage();
+    if (boot.entries.length > 0) applyWrite(this.#view, { kind: 'append', entries: boot.entries }, node, observer);
+    this.#view.hardState = boot.hardState;
+    this.#durable = cloneImage(this.#view);
   }
 
   // ---- LogStorage (what the core reads: the latest writes, synced or not) ----
 
   /**
-   * A snapshot only ever holds committed state, so its index counts as committed even when the
-   * crash lost the hard state written after it (the real store must do the same, or refuse to
-   * start: the core rejects an applied index beyond the commit index).
+   * The hard state as stored, even when a crash left it behind the log written with it (a
+   * commit index below the snapshot's, a term below the last entry's): the core repairs that
+   * at load, and the simulation exercises the repair.
    */
   initialState(): { hardState: HardState; confState: ConfState } {
     const v = this.#view;
-    const hardState = { ...v.hardState, commit: Math.max(v.hardState.commit, v.snapshot.metadata.index) };
-    return { hardState, confState: cloneConf(v.snapshot.metadata.confState) };
+    return { hardState: { ...v.hardState }, confState: cloneConf(v.snapshot.metadata.confState) };
   }
 
   entries(lo: number, hi: number, maxBytes?: number): Entry[] {
@@ -212,10 +220,10 @@ export class SimDisk implements LogStorage {
   }
 }
 
-function emptyImage(conf: ConfState): LogImage {
+function emptyImage(): LogImage {
   return {
     hardState: { term: 0, vote: null, commit: 0 },
-    snapshot: { metadata: { index: 0, term: 0, confState: cloneConf(conf) }, data: new Uint8Array() },
+    snapshot: { metadata: { index: 0, term: 0, confState: { voters: [], learners: [] } }, data: new Uint8Array() },
     snapshotChain: 0,
     offset: 0,
     offsetTerm: 0,

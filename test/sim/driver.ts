@@ -118,12 +118,13 @@ export class SimNode {
   /** Counters for reports. */
   crashes = 0;
 
-  constructor(id: string, initialConf: ConfState, params: NodeParams, ctx: NodeContext) {
+  /** `bootstrap`: the group's first configuration for a founder, empty for a node waiting to be added. */
+  constructor(id: string, bootstrap: ConfState, params: NodeParams, ctx: NodeContext) {
     this.id = id;
     this.params = params;
     this.#ctx = ctx;
-    this.conf = initialConf;
-    this.disk = new SimDisk(id, initialConf, ctx.checker, { syncLies: ctx.bug === 'sync-lies', atomicSyncs: ctx.atomicSyncs });
+    this.disk = new SimDisk(id, bootstrap, ctx.checker, { syncLies: ctx.bug === 'sync-lies', atomicSyncs: ctx.atomicSyncs });
+    this.conf = this.disk.snapshot().metadata.confState;
   }
 
   get up(): boolean {
@@ -151,6 +152,11 @@ export class SimNode {
       maxSizePerMsg: p.maxSizePerMsg,
       maxInflightMsgs: p.maxInflightMsgs,
     });
+    // What the core repaired at load (a crash left the hard state behind the log written with it).
+    const stored = this.disk.initialState().hardState;
+    const loaded = this.#raw.status();
+    if (loaded.term > stored.term) this.#ctx.count("restart: term raised to the last entry's");
+    if (loaded.commit > stored.commit) this.#ctx.count("restart: commit raised to the snapshot's index");
     const incarnation = this.#incarnation;
     const tick = (): void => {
       if (incarnation !== this.#incarnation) return;

@@ -1,7 +1,8 @@
 /**
- * The deterministic simulation in CI: seeds 1–250 here and 251–500 in sim-seeds.test.ts (vitest
- * runs files in parallel, so the two halves share the two cores), the same-seed-same-run check,
- * and proof that the invariants catch a broken driver.
+ * The deterministic simulation in CI: seeds 1–250 here, and in sim-seeds.test.ts seeds 251–400
+ * plus seeds 1–100 with empty joiners (vitest runs files in parallel, so the two halves share
+ * the two cores); the same-seed-same-run check, and proof that the invariants catch a broken
+ * driver.
  */
 import { describe, expect, test } from 'vitest';
 import type { DriverBug } from './driver.ts';
