@@ -4,7 +4,10 @@
  * of the figures; without it stdout gets a readable table. Benchmarks measure and assert nothing.
  */
 import { GOSSIP_USAGE, gossipTable, parseGossipArgs, runGossipBench } from './gossip.ts';
+import { PLACEMENT_USAGE, parsePlacementArgs, runPlacementBench } from './placement.ts';
+import { REPLICATION_USAGE, parseReplicationArgs, replicationTable, runReplicationBench } from './replication.ts';
 import { RAFT_USAGE, parseRaftArgs, raftTable, runRaftBench } from './raft.ts';
+import { RECOVERY_USAGE, parseRecoveryArgs, recoveryTable, runRecoveryBench } from './recovery.ts';
 
 interface Bench {
   name: string;
@@ -36,9 +39,25 @@ const BENCHES: Bench[] = [
       return { figures, table: raftTable(figures) };
     },
   },
-  { name: 'placement', what: 'trace replay (FGD setup) and raw speed', notBuilt: 4 },
-  { name: 'replication', what: 'checkpoint bytes to peers vs raw TCP in the same run', notBuilt: 5 },
-  { name: 'recovery', what: 'host of a checkpointing job killed', notBuilt: 5 },
+  { name: 'placement', what: 'trace replay (FGD setup) and raw speed', usage: PLACEMENT_USAGE, run: (args) => runPlacementBench(parsePlacementArgs(args), { progress }) },
+  {
+    name: 'replication',
+    what: 'checkpoint bytes to peers vs raw TCP in the same run',
+    usage: REPLICATION_USAGE,
+    run: async (args) => {
+      const figures = await runReplicationBench(parseReplicationArgs(args), { progress });
+      return { figures, table: replicationTable(figures) };
+    },
+  },
+  {
+    name: 'recovery',
+    what: 'host of a checkpointing job killed',
+    usage: RECOVERY_USAGE,
+    run: async (args) => {
+      const figures = await runRecoveryBench(parseRecoveryArgs(args), { progress });
+      return { figures, table: recoveryTable(figures) };
+    },
+  },
 ];
 
 function list(): string {

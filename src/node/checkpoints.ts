@@ -34,6 +34,8 @@ export interface CheckpointServiceOptions {
   windowBytes?: number;
   reserveBytes?: number;
   idleTimeoutMs?: number;
+  /** Memory all inbound checkpoint streams together may hold (default 512 MiB). */
+  inboundBufferBytes?: number;
 }
 
 export interface PeerPlace {
@@ -97,6 +99,7 @@ export class CheckpointService {
       ...(opts.windowBytes !== undefined ? { windowBytes: opts.windowBytes } : {}),
       ...(opts.reserveBytes !== undefined ? { reserveBytes: opts.reserveBytes } : {}),
       ...(opts.idleTimeoutMs !== undefined ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+      ...(opts.inboundBufferBytes !== undefined ? { inboundBufferBytes: opts.inboundBufferBytes } : {}),
     });
   }
 

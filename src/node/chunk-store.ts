@@ -423,8 +423,8 @@ export class ChunkStore {
     const live = new Set<ChunkId>();
     let deletedManifests = 0;
     for (const id of this.manifestIds()) {
-      if (!keepSet.has(id)) {
-        if (this.#manifestPins.has(id)) continue;
+      // A pinned manifest (a restore or an incoming push in flight) stays, and so do its chunks.
+      if (!keepSet.has(id) && !this.#manifestPins.has(id)) {
         if (await this.deleteManifest(id)) deletedManifests++;
         continue;
       }

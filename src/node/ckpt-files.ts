@@ -118,6 +118,8 @@ export async function commitDirectory(store: ChunkStore, dir: string, meta: Chec
   let batch: { id: ChunkId; data: Uint8Array }[] = [];
   let batchBytes = 0;
   const queued = new Set<ChunkId>();
+  // New chunks belong to no stored manifest until the end: pinned so that a gc meanwhile keeps them.
+  const releases: (() => void)[] = [];
   let inflight: Promise<number> = Promise.resolve(0);
   const flush = async (): Promise<void> => {
     const toWrite = batch;
@@ -132,8 +134,10 @@ export async function commitDirectory(store: ChunkStore, dir: string, meta: Chec
     for (const c of chunks) {
       const id = sha256Hex(c);
       refs.push([id, c.length]);
-      if (store.has(id) || queued.has(id)) continue;
+      if (queued.has(id)) continue;
       queued.add(id);
+      releases.push(store.pin([id]));
+      if (store.has(id)) continue;
       newChunks++;
       newBytes += c.length;
       batch.push({ id, data: c });
@@ -141,53 +145,57 @@ export async function commitDirectory(store: ChunkStore, dir: string, meta: Chec
     }
   };
 
-  for (const it of items) {
-    opts.signal?.throwIfAborted();
-    if (it.st.isDirectory()) {
-      builder.addDir(it.rel, it.st.mode);
-    } else if (it.st.isSymbolicLink()) {
-      builder.addSymlink(it.rel, readlinkSync(it.abs));
-    } else {
-      const chunker = new Chunker(chunking);
-      const refs: ChunkRef[] = [];
-      let fh: FileHandle;
-      try {
-        fh = await open(it.abs, 'r');
-      } catch (err) {
-        throw new FabricError('BAD_INPUT', `cannot read ${it.abs}: ${errorMessage(err)}`, { cause: err });
-      }
-      try {
-        const before = await fh.stat();
-        let pos = 0;
-        for (;;) {
-          const { bytesRead: n } = await fh.read(block, 0, block.length, pos);
-          if (n === 0) break;
-          pos += n;
-          bytesRead += n;
-          take(chunker.push(block.subarray(0, n)), refs);
-          if (batchBytes >= 32 * 1024 * 1024) await flush();
-          opts.onProgress?.({ bytesRead, totalBytes });
-          opts.signal?.throwIfAborted();
+  try {
+    for (const it of items) {
+      opts.signal?.throwIfAborted();
+      if (it.st.isDirectory()) {
+        builder.addDir(it.rel, it.st.mode);
+      } else if (it.st.isSymbolicLink()) {
+        builder.addSymlink(it.rel, readlinkSync(it.abs));
+      } else {
+        const chunker = new Chunker(chunking);
+        const refs: ChunkRef[] = [];
+        let fh: FileHandle;
+        try {
+          fh = await open(it.abs, 'r');
+        } catch (err) {
+          throw new FabricError('BAD_INPUT', `cannot read ${it.abs}: ${errorMessage(err)}`, { cause: err });
         }
-        take(chunker.finish(), refs);
-        const after = await fh.stat();
-        if (after.size !== before.size || after.mtimeMs !== before.mtimeMs || pos !== after.size) {
-          throw new FabricError('BAD_INPUT', `${it.abs} changed while the checkpoint was being committed`);
+        try {
+          const before = await fh.stat();
+          let pos = 0;
+          for (;;) {
+            const { bytesRead: n } = await fh.read(block, 0, block.length, pos);
+            if (n === 0) break;
+            pos += n;
+            bytesRead += n;
+            take(chunker.push(block.subarray(0, n)), refs);
+            if (batchBytes >= 32 * 1024 * 1024) await flush();
+            opts.onProgress?.({ bytesRead, totalBytes });
+            opts.signal?.throwIfAborted();
+          }
+          take(chunker.finish(), refs);
+          const after = await fh.stat();
+          if (after.size !== before.size || after.mtimeMs !== before.mtimeMs || pos !== after.size) {
+            throw new FabricError('BAD_INPUT', `${it.abs} changed while the checkpoint was being committed`);
+          }
+        } finally {
+          await fh.close();
         }
-      } finally {
-        await fh.close();
+        builder.addFile(it.rel, it.st.mode, refs);
       }
-      builder.addFile(it.rel, it.st.mode, refs);
     }
-  }
-  await flush();
-  await inflight;
+    await flush();
+    await inflight;
 
-  const manifest = builder.build({ ...meta, chunking });
-  const manifestBytes = encodeManifest(manifest);
-  const manifestId = manifestIdOf(manifestBytes);
-  await store.putManifest(manifestBytes, manifestId);
-  return { manifest, manifestId, manifestBytes, totalBytes, chunks: manifestChunks(manifest).size, newChunks, newBytes };
+    const manifest = builder.build({ ...meta, chunking });
+    const manifestBytes = encodeManifest(manifest);
+    const manifestId = manifestIdOf(manifestBytes);
+    await store.putManifest(manifestBytes, manifestId);
+    return { manifest, manifestId, manifestBytes, totalBytes, chunks: manifestChunks(manifest).size, newChunks, newBytes };
+  } finally {
+    for (const release of releases) release();
+  }
 }
 
 export interface MaterializeOptions {

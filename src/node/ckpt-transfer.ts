@@ -202,6 +202,29 @@ function varint(n: number): Uint8Array {
 }
 
 /**
+ * Bytes held for inbound streams across the whole service (unparsed, and parsed but not yet
+ * stored): one member opening many streams cannot make a holder buffer more than this.
+ */
+class BufferBudget {
+  readonly max: number;
+  used = 0;
+
+  constructor(max: number) {
+    this.max = max;
+  }
+
+  /** Accounts `n` more bytes; false when that goes over the budget (they are accounted anyway). */
+  take(n: number): boolean {
+    this.used += n;
+    return this.used <= this.max;
+  }
+
+  give(n: number): void {
+    this.used = Math.max(0, this.used - n);
+  }
+}
+
+/**
  * A libp2p stream as frames, with its own read buffer (no 4 MiB cap of libp2p's byteStream, and
  * the bound it does have is the protocol's window) and writes that wait for 'drain'.
  */
@@ -215,19 +238,25 @@ class FrameConn {
   #error: Error | undefined;
   #wake: (() => void) | undefined;
   #drainWake: (() => void) | undefined;
+  readonly #budget: BufferBudget | undefined;
 
-  constructor(stream: Stream, remotePeer: string, maxBuffered: number, timeoutMs: number) {
+  constructor(stream: Stream, remotePeer: string, maxBuffered: number, timeoutMs: number, budget?: BufferBudget) {
     this.#stream = stream;
     this.remotePeer = remotePeer;
     this.#maxBuffered = maxBuffered;
     this.#timeoutMs = timeoutMs;
+    this.#budget = budget;
     stream.addEventListener('message', (evt) => {
+      if (this.#error !== undefined) return;
       const data = evt.data;
+      const before = this.#buf.length;
       if (data instanceof Uint8Array) this.#buf.append(data);
       else for (const part of data) this.#buf.append(part);
-      if (this.#buf.length > this.#maxBuffered && this.#error === undefined) {
-        this.#error = new FabricError('BAD_FRAME', `peer sent ${this.#buf.length} bytes ahead, over the ${this.#maxBuffered}-byte window`);
-        this.#stream.abort(this.#error);
+      const withinBudget = this.#budget?.take(this.#buf.length - before) ?? true;
+      if (this.#buf.length > this.#maxBuffered) {
+        this.#fail(new FabricError('BAD_FRAME', `peer sent ${this.#buf.length} bytes ahead, over the ${this.#maxBuffered}-byte window`));
+      } else if (!withinBudget) {
+        this.#fail(new FabricError('BAD_FRAME', `inbound checkpoint buffers are full (${this.#budget!.max} bytes)`));
       }
       this.#notify();
     });
@@ -242,6 +271,20 @@ class FrameConn {
       this.#drainWake?.();
     });
     stream.addEventListener('drain', () => this.#drainWake?.());
+  }
+
+  /** Ends the stream with `err`; what it had buffered is dropped (and given back to the budget). */
+  #fail(err: Error): void {
+    if (this.#error === undefined) this.#error = err;
+    this.#budget?.give(this.#buf.length);
+    if (this.#buf.length > 0) this.#buf.takeParts(this.#buf.length);
+    this.#stream.abort(err);
+  }
+
+  /** Gives back to the budget whatever is still buffered: call when done with the stream. */
+  release(): void {
+    this.#budget?.give(this.#buf.length);
+    if (this.#buf.length > 0) this.#buf.takeParts(this.#buf.length);
   }
 
   #notify(): void {
@@ -264,6 +307,7 @@ class FrameConn {
         if (len > maxFrameBytes) throw new FabricError('BAD_FRAME', `${what}: frame of ${len} bytes is over the ${maxFrameBytes}-byte limit`);
         if (this.#buf.length < i + 1 + len) return undefined;
         this.#buf.take(i + 1);
+        this.#budget?.give(i + 1 + len);
         return this.#buf.take(len);
       }
     }
@@ -312,7 +356,10 @@ class FrameConn {
   /** The `size` raw bytes that follow a chunk header, as the pieces they arrived in. */
   async readBody(size: number, what: string, signal?: AbortSignal): Promise<Uint8Array[]> {
     for (;;) {
-      if (this.#buf.length >= size) return this.#buf.takeParts(size);
+      if (this.#buf.length >= size) {
+        // the body stays accounted until the caller stores it and gives it back
+        return this.#buf.takeParts(size);
+      }
       if (this.#error !== undefined) throw this.#error;
       if (this.#ended) throw new FabricError('BAD_FRAME', `${what}: stream ended inside a chunk`);
       await this.#waitFor(
@@ -393,6 +440,10 @@ class FrameConn {
     this.#stream.abort(new Error(reason));
     this.#notify();
     this.#drainWake?.();
+  }
+
+  get budget(): BufferBudget | undefined {
+    return this.#budget;
   }
 }
 
@@ -490,6 +541,8 @@ export interface CkptTransferOptions {
   maxInboundStreams?: number;
   /** A stream that gets no frame (or cannot write) for this long is aborted (default 30 s). */
   idleTimeoutMs?: number;
+  /** Bytes all inbound streams together may hold in memory (default 512 MiB; an offer's manifest must fit). */
+  inboundBufferBytes?: number;
 }
 
 export interface PeerProgress {
@@ -571,6 +624,7 @@ export class CkptTransfer {
   readonly #timeoutMs: number;
   readonly #manifestCache = new Map<ManifestId, ManifestEntry>();
   readonly #inbound = new Set<FrameConn>();
+  readonly #budget: BufferBudget;
   readonly #stopping = new AbortController();
   #started = false;
 
@@ -583,6 +637,7 @@ export class CkptTransfer {
     this.#windowBytes = Math.min(MAX_PUSH_WINDOW, Math.max(MAX_CHUNK_FRAME, opts.windowBytes ?? 32 * 1024 * 1024));
     this.#queueBytes = Math.max(MAX_CHUNK_FRAME, opts.queueBytes ?? 64 * 1024 * 1024);
     this.#timeoutMs = opts.idleTimeoutMs ?? 30_000;
+    this.#budget = new BufferBudget(Math.max(MAX_REPLY_FRAME, opts.inboundBufferBytes ?? 512 * 1024 * 1024));
   }
 
   async start(): Promise<void> {
@@ -611,7 +666,7 @@ export class CkptTransfer {
 
   async #serve(stream: Stream, peer: string): Promise<void> {
     // The buffer bound: one request, or a push window plus the frame in progress.
-    const conn = new FrameConn(stream, peer, Math.max(MAX_REQUEST_FRAME, MAX_PUSH_WINDOW + MAX_CHUNK_FRAME) + 64 * 1024, this.#timeoutMs);
+    const conn = new FrameConn(stream, peer, Math.max(MAX_REQUEST_FRAME, MAX_PUSH_WINDOW + MAX_CHUNK_FRAME) + 64 * 1024, this.#timeoutMs, this.#budget);
     this.#inbound.add(conn);
     let what = 'request';
     try {
@@ -624,6 +679,7 @@ export class CkptTransfer {
       this.#log[level]({ peer, request: what, err: errorMessage(err) }, 'ckpt stream ended with an error');
       conn.abort(errorMessage(err));
     } finally {
+      conn.release();
       this.#inbound.delete(conn);
     }
   }
@@ -737,7 +793,11 @@ export class CkptTransfer {
         try {
           while (queue.length > 0 && writeError === undefined) {
             const batch = queue.splice(0);
-            await this.#store.putMany(batch, { verified: true });
+            try {
+              await this.#store.putMany(batch, { verified: true });
+            } finally {
+              for (const c of batch) this.#budget.give(c.size);
+            }
             stored += batch.length;
             for (const c of batch) unacked -= c.size;
             await conn.write({ t: 'stored', ids: batch.map((c) => c.id) }, signal);
@@ -760,7 +820,10 @@ export class CkptTransfer {
         unacked += size;
         if (unacked > MAX_PUSH_WINDOW + MAX_CHUNK_BYTES) throw new FabricError('BAD_FRAME', `push: ${unacked} bytes unacknowledged, over the window`);
         const parts = await conn.readBody(size, 'push chunk', signal);
-        if (hashParts(parts) !== frame.id) throw new FabricError('BAD_FRAME', `push: chunk bytes do not match id ${frame.id}`);
+        if (hashParts(parts) !== frame.id) {
+          this.#budget.give(size);
+          throw new FabricError('BAD_FRAME', `push: chunk bytes do not match id ${frame.id}`);
+        }
         queue.push({ id: frame.id, data: parts, size });
         // Write when the sender paused (nothing more buffered) or a batch is worth an fsync round.
         if (!conn.hasFrame() || queue.length >= 16) pump();
@@ -771,6 +834,8 @@ export class CkptTransfer {
       if (writeError !== undefined) throw writeError;
       await conn.write({ t: 'done', stored }, signal);
     } finally {
+      // bodies read but never handed to the writer go back to the budget
+      for (const c of queue.splice(0)) this.#budget.give(c.size);
       release();
     }
   }
@@ -1183,7 +1248,7 @@ export class CkptTransfer {
             // store while reading on; a chunk whose store fails goes back to pending
             const stores: Promise<void>[] = [];
             for (;;) {
-              const r = await conn.read(FetchReply, 'fetch reply', MAX_CHUNK_FRAME, signal);
+              const r = await conn.read(FetchReply, 'fetch reply', MAX_REPLY_FRAME, signal);
               if (r.t === 'end') break;
               const size = pending.get(r.id);
               if (size === undefined) throw new FabricError('BAD_FRAME', `fetch: ${peer} sent chunk ${r.id}, which was not asked for`);

@@ -143,7 +143,7 @@ export function buildProgram(): Command {
 
   program
     .command('demo')
-    .description('run a local fabric of several daemons on simulated GPUs, kill one, watch the fabric notice and recover')
+    .description('run a local fabric of daemons on simulated GPUs, a training job that checkpoints, kill its host, watch the job resume on another peer')
     .option('--peers <n>', 'how many daemons to start (2-6)', '4')
     .option('--keep', 'keep the daemons\' data dirs afterwards')
     .action(

@@ -71,9 +71,12 @@ export class ControlPlane {
   /** A leader named by a peer that refused our request: tried first on the next attempt. */
   #redirect: string | null = null;
   #stopped = false;
-  readonly #startedAt = Date.now();
   readonly #fatalListeners = new Set<(err: Error) => void>();
   readonly #appliedListeners = new Set<() => void>();
+  /** On the leader: when each host's lease request last arrived (wall ms). */
+  readonly #leaseHeard = new Map<string, number>();
+  /** When this node last became leader (wall ms); 0 when it is not. */
+  #leaderSince = 0;
   #explainer: ((jobId: string) => unknown) | undefined;
   #appliedScheduled = false;
   /** Since when this member has not heard from a leader (local clock), for the removal check. */
@@ -110,7 +113,14 @@ export class ControlPlane {
       ...(opts.raft?.electionTick !== undefined ? { electionTick: opts.raft.electionTick } : {}),
       ...(opts.raft?.snapshotEvery !== undefined ? { snapshotEvery: opts.raft.snapshotEvery } : {}),
     });
-    raft.onLeaderChange(() => this.#publishHint());
+    raft.onLeaderChange((e) => {
+      this.#publishHint();
+      if (e.role === 'leader' && this.#leaderSince === 0) this.#leaderSince = Date.now();
+      if (e.role !== 'leader') {
+        this.#leaderSince = 0;
+        this.#leaseHeard.clear();
+      }
+    });
     raft.onConfChange(() => this.#publishHint());
     raft.onFatal((err) => {
       for (const listener of this.#fatalListeners) listener(err);
@@ -220,14 +230,30 @@ export class ControlPlane {
     return { ...this.#statusView(s), lastIndex: s.lastIndex };
   }
 
-  /** How long ago this node last heard from the leader it knows (0 on the leader; Infinity with none). */
-  localContactAgeMs(): number {
-    return this.#raft.status().leaderContactAgeMs ?? Number.POSITIVE_INFINITY;
+  /**
+   * On the leader: how long since `peer` last renewed its lease (ms), counting from when this
+   * node became leader at the latest, because a lease the previous leader granted may run that
+   * long. A host whose lease is not renewed stops its jobs within the lease (job-agent.ts).
+   */
+  leaseSilenceOf(peer: string): number {
+    const since = Math.max(this.#leaseHeard.get(peer) ?? 0, this.#leaderSince || Date.now());
+    return Date.now() - since;
   }
 
-  /** How long Raft has heard nothing from `peer` (ms); since this node started when it never has. */
-  silenceOf(peer: string): number {
-    return this.#raft.lastHeardFromMs(peer) ?? Date.now() - this.#startedAt;
+  /**
+   * Asks the leader to renew this host's lease; true when it did. The leader itself holds its
+   * lease while it leads (check-quorum makes a cut-off leader step down within an election timeout).
+   */
+  async renewLease(timeoutMs: number): Promise<boolean> {
+    const s = this.#raft.status();
+    if (s.role === 'leader') return true;
+    const leader = this.leaderHint();
+    if (leader === null || leader === this.id) return false;
+    try {
+      return (await callRpc(this.#o.host, leader, { t: 'lease' }, AbortSignal.timeout(timeoutMs))).ok;
+    } catch {
+      return false;
+    }
   }
 
   /** The voters and learners with their health and lag, as the leader sees them. */
@@ -280,6 +306,10 @@ export class ControlPlane {
   async #serve(req: RpcRequest, from: string, signal: AbortSignal): Promise<RpcReply> {
     const s = this.#raft.status();
     if (s.role !== 'leader') return errorReply(new FabricError('NOT_LEADER', `${this.id} is not the leader`), s.leader ?? this.leaderHint());
+    if (req.t === 'lease') {
+      this.#leaseHeard.set(from, Date.now());
+      return { ok: true, index: s.commit, value: null };
+    }
     try {
       if (req.t === 'propose') {
         const command = { ...decodeCommand(req.command), at: this.#o.wallNow() };

@@ -140,7 +140,7 @@ export class Daemon {
       baseEnv: process.env,
       checkpointCommit: `${shellQuote(process.execPath)} ${shellQuote(CLI_ENTRY)} checkpoint commit`,
       extraEnv: { FABRIC_DATA_DIR: init.paths.dir },
-      renewLeases: () => this.#launcher.renewLeases(),
+      renewLeases: (validForMs) => this.#launcher.renewLeases(validForMs),
       restore: async (job, checkpoint, dir) => {
         await this.#checkpoints.restore(checkpoint.manifestId, checkpoint.holders.filter((h) => h !== this.peerId), dir);
       },

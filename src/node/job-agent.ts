@@ -6,11 +6,14 @@
  * back as `job.transition` commands, with request ids made of (job, attempt, state) so that a
  * report retried after a leader change is applied once.
  *
- * Fencing: a host that has not heard from the Raft leader for `leaseMs` stops every job it runs
- * and starts none until it hears again. The leader, for its part, re-places a job only after it
- * has heard nothing from the job's host for longer than that lease plus the stop grace, so the
- * old run has ended before the new one can start: a job never runs twice at once, even across a
- * partition.
+ * Fencing: a host holds a lease from the Raft leader, renewed by a request every 250 ms and
+ * counted from when the granted request was sent. Without a renewal for `leaseMs` it stops every
+ * job it runs and starts none until it has one again; its job supervisors kill their jobs on
+ * their own once the daemon stops renewing them (a frozen daemon). The leader re-places a job
+ * only when the mesh holds its host dead and no lease request has arrived from it for longer
+ * than the lease plus the stop grace (placement-service.ts), so the old run has ended before the
+ * new one can start: a job never runs twice at once, even across a partition. (Clock RATES
+ * must agree within the margin; absolute clocks need not.)
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,6 +35,8 @@ import type { ControlPlane, CommandRequest } from './control-plane.ts';
 
 /** Without word from the leader this long, a host stops its jobs. */
 export const DEFAULT_LEASE_MS = 2_000;
+/** How often a host asks the leader to renew its lease. */
+const LEASE_RENEW_MS = 250;
 /** SIGTERM to SIGKILL when fenced: short, the job may already run elsewhere soon. */
 export const FENCE_STOP_GRACE_MS = 500;
 
@@ -51,8 +56,8 @@ export interface JobAgentOptions {
   extraEnv: Readonly<Record<string, string>>;
   /** The host address other members of a gang reach this one at (MASTER_ADDR when this is rank 0). */
   gangAddress(peerId: string): string | undefined;
-  /** Renews the supervisors' lease on every job here (called while in touch with the leader). */
-  renewLeases(): void;
+  /** Renews the supervisors' lease on every job here for `validForMs` (what remains of this host's lease). */
+  renewLeases(validForMs: number): void;
   /** Restores a committed checkpoint into `dir` (fetching chunks as needed); undefined: nothing restored. */
   restore?(job: Readonly<Job>, checkpoint: Readonly<Checkpoint>, dir: string): Promise<void>;
   rng: Rng;
@@ -84,6 +89,10 @@ export class JobAgent {
   #timer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
   #fenced = false;
+  /** Send time of the latest lease request the leader granted (wall ms). */
+  #leaseAt = 0;
+  #leaseTimer: NodeJS.Timeout | undefined;
+  #renewing = false;
   #stopped = false;
   #reconciling = false;
   #again = false;
@@ -98,11 +107,29 @@ export class JobAgent {
     mkdirSync(this.#o.jobsDir, { recursive: true });
     this.#unsubscribe = this.#o.control.onApplied(() => this.reconcile());
     this.#timer = setInterval(() => this.reconcile(), 200);
+    this.#leaseTimer = setInterval(() => void this.#renewLease(), LEASE_RENEW_MS);
+  }
+
+  /**
+   * The lease counts from when a granted request was SENT: the leader received it later, and
+   * re-places this host's jobs only once it has heard no request for lease + stop grace + margin,
+   * by which time this host has stopped them (its supervisors too, if this daemon is frozen).
+   */
+  async #renewLease(): Promise<void> {
+    if (this.#renewing || this.#stopped) return;
+    this.#renewing = true;
+    try {
+      const sent = Date.now();
+      if (await this.#o.control.renewLease(Math.min(1_000, this.#leaseMs / 2))) this.#leaseAt = Math.max(this.#leaseAt, sent);
+    } finally {
+      this.#renewing = false;
+    }
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#timer);
+    clearInterval(this.#leaseTimer);
     this.#unsubscribe?.();
     await this.#o.runner.stopAll('lost', 'the daemon is stopping', FENCE_STOP_GRACE_MS);
   }
@@ -144,7 +171,8 @@ export class JobAgent {
   #reconcileOnce(): void {
     const control = this.#o.control;
     const status = control.localStatus();
-    const inTouch = status.member !== 'none' && status.leader !== null && (status.role === 'leader' || control.localContactAgeMs() < this.#leaseMs);
+    if (status.role === 'leader') this.#leaseAt = Date.now(); // the leader holds its own lease while it leads
+    const inTouch = status.member !== 'none' && Date.now() - this.#leaseAt < this.#leaseMs;
     if (!inTouch) {
       if (!this.#fenced && this.#local.size > 0) this.#log.warn({ jobs: [...this.#local.keys()] }, 'no word from the raft leader within the lease: stopping every job here');
       this.#fenced = true;
@@ -153,7 +181,7 @@ export class JobAgent {
     }
     if (this.#fenced) this.#log.info({}, 'in touch with the raft leader again');
     this.#fenced = false;
-    this.#o.renewLeases();
+    this.#o.renewLeases(this.#leaseAt + this.#leaseMs - Date.now());
     this.#flushReports();
 
     const state = control.state;

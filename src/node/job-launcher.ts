@@ -40,8 +40,8 @@ export interface JobLauncherOptions {
   owner: string;
   log?: Logger;
   /**
-   * The lease every job is started under: its supervisor kills it when `renewLeases` has not been
-   * called for this long (see job-protocol.ts). Undefined: no lease (the job lives as long as
+   * The lease every job is started under: its supervisor kills it when the time a `renewLeases`
+   * call gave it runs out, or this long after start without one (see job-protocol.ts). Undefined: no lease (the job lives as long as
    * the daemon's process).
    */
   leaseMs?: number;
@@ -73,11 +73,12 @@ export class JobLauncher implements ProcessLauncher {
     this.#leaseMs = opts.leaseMs;
   }
 
-  /** Renews the lease of every live job (the daemon calls it while it is in touch with the leader). */
-  renewLeases(): void {
+  /** Renews the lease of every live job for `validForMs` from now (what remains of the daemon's own lease). */
+  renewLeases(validForMs: number): void {
+    const line = encodeLine({ type: 'renew', validForMs: Math.max(0, Math.floor(validForMs)) });
     for (const job of this.#live) {
       const stdin = job.supervisor.stdin;
-      if (stdin && stdin.writable && !stdin.destroyed) stdin.write(encodeLine({ type: 'renew' }));
+      if (stdin && stdin.writable && !stdin.destroyed) stdin.write(line);
     }
   }
 

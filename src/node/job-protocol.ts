@@ -36,7 +36,8 @@ export type StartMessage = z.infer<typeof StartMessageSchema>;
 export const SignalMessageSchema = z.object({ type: z.literal('signal'), signal: z.enum(['SIGTERM', 'SIGKILL']) });
 export type SignalMessage = z.infer<typeof SignalMessageSchema>;
 
-export const RenewMessageSchema = z.object({ type: z.literal('renew') });
+/** Extends the lease to `validForMs` from now (never beyond the lease given at start). */
+export const RenewMessageSchema = z.object({ type: z.literal('renew'), validForMs: z.number().int().min(0).max(3_600_000) });
 
 export const ToSupervisorSchema = z.discriminatedUnion('type', [StartMessageSchema, SignalMessageSchema, RenewMessageSchema]);
 export type ToSupervisor = z.infer<typeof ToSupervisorSchema>;

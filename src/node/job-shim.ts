@@ -90,13 +90,17 @@ export function runSupervisor(): void {
 
   let leaseTimer: NodeJS.Timeout | undefined;
   let leaseMs: number | undefined;
-  const renew = () => {
+  // The lease runs out `validForMs` after a renewal: the daemon's own lease from the leader,
+  // not a fresh full term, so a daemon that still renews while its own lease runs down cannot
+  // stretch its job's life past it.
+  const renew = (validForMs: number) => {
     if (leaseMs === undefined) return;
+    const ms = Math.min(validForMs, leaseMs);
     clearTimeout(leaseTimer);
     leaseTimer = setTimeout(() => {
-      warn(`no lease renewal from the daemon for ${leaseMs} ms: killing the job`);
+      warn(`the daemon's lease on this job ran out (no renewal in time): killing the job`);
       signal('SIGKILL');
-    }, leaseMs);
+    }, ms);
     leaseTimer.unref();
   };
 
@@ -104,7 +108,7 @@ export function runSupervisor(): void {
     const req = m.request;
     token = m.token;
     leaseMs = m.leaseMs;
-    renew();
+    renew(m.leaseMs ?? 0);
     try {
       if (!statSync(req.cwd).isDirectory()) throw new Error('not a directory');
     } catch (err) {
@@ -173,7 +177,7 @@ export function runSupervisor(): void {
         if (job === null && !reported) start(m);
         else warn('second start request ignored');
       } else if (m.type === 'renew') {
-        renew();
+        renew(m.validForMs);
       } else {
         signal(m.signal);
       }

@@ -1,8 +1,8 @@
 /**
  * The leader's placement loop (Nomad's plan applier, in our shape). While this node leads:
  *
- *  1. Lost hosts: a job whose host the mesh holds dead, and from which Raft has heard nothing for
- *     longer than the host's lease plus its stop grace (so the old run has surely ended, see
+ *  1. Lost hosts: a job whose host the mesh holds dead, and whose lease has not been renewed for
+ *     longer than the lease plus the stop grace (so the old run has surely ended, see
  *     job-agent.ts), is moved to `restarting`: its devices are released and it waits to be placed.
  *  2. Placement: waiting jobs (queued, restarting) in queue order — priority, then the tenant
  *     holding the smallest share of the fabric's GPUs (dominant-resource fair share), then age —
@@ -134,7 +134,7 @@ export class PlacementService {
     for (const alloc of control.state.allocations()) {
       if (seen.has(alloc.jobId)) continue;
       const h = health.get(alloc.peerId) ?? 'dead';
-      if (h !== 'dead' || control.silenceOf(alloc.peerId) < this.#lostAfterMs) continue;
+      if (h !== 'dead' || control.leaseSilenceOf(alloc.peerId) < this.#lostAfterMs) continue;
       const job = control.state.job(alloc.jobId);
       if (job === undefined || job.epoch !== alloc.epoch) continue;
       seen.add(alloc.jobId);

@@ -29,6 +29,8 @@ export type Query = z.infer<typeof QuerySchema>;
 export const RpcRequestSchema = z.discriminatedUnion('t', [
   z.object({ t: z.literal('propose'), command: z.custom<Uint8Array>((v) => v instanceof Uint8Array, 'bytes').refine((b) => b.byteLength <= MAX_COMMAND_BYTES, 'command too large') }),
   z.object({ t: z.literal('query'), query: QuerySchema }),
+  /** A host renewing its lease on the jobs it runs (see job-agent.ts): only the leader grants it. */
+  z.object({ t: z.literal('lease') }),
 ]);
 export type RpcRequest = z.infer<typeof RpcRequestSchema>;
 

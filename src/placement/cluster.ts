@@ -103,6 +103,10 @@ export class PeerState {
   readonly rank: Uint8Array;
   /** NVLink/XGMI-connected component of each GPU. */
   readonly island: Int32Array;
+  /** Number of distinct islands (1: every GPU reaches every other over NVLink). */
+  readonly islandCount: number;
+  /** The rank every pair of GPUs shares, or -1 when pairs differ (then set choice matters). */
+  readonly uniformRank: number;
   /** Interned list of the GPUs' classes: peers of one class have identical device sets. */
   readonly deviceClassId: number;
   readonly gpuSlotByUuid: ReadonlyMap<string, number>;
@@ -174,6 +178,8 @@ export class PeerState {
     this.migSlotByUuid = new Map(migs.map((mig, i) => [mig.uuid, i]));
     this.rank = rankMatrix(gpus, view.devices, view.links);
     this.island = islandsOf(gpus.length, this.rank);
+    this.islandCount = gpus.length === 0 ? 0 : Math.max(...this.island) + 1;
+    this.uniformRank = uniformRankOf(gpus.length, this.rank);
     this.deviceClassId = classes.id(`peer|${gpus.map((g) => g.classId).join(',')}|${migs.map((m) => m.classId).join(',')}`);
   }
 
@@ -232,7 +238,7 @@ export class PeerState {
       const resolved = this.resolve(grant);
       if (typeof resolved === 'string') throw new FabricError('INTERNAL', resolved);
       if (resolved.kind === 'mig') this.migFree[resolved.slot] = 0;
-      else this.#adjust(resolved.slot, -resolved.milli);
+      else adjustFree(this, resolved.slot, -resolved.milli);
     }
     this.cpuFree -= holding.cpuMilli;
     this.memoryFree -= holding.memoryMiB;
@@ -248,22 +254,13 @@ export class PeerState {
       const resolved = this.resolve(grant);
       if (typeof resolved === 'string') continue;
       if (resolved.kind === 'mig') this.migFree[resolved.slot] = 1;
-      else this.#adjust(resolved.slot, resolved.milli);
+      else adjustFree(this, resolved.slot, resolved.milli);
     }
     this.cpuFree += holding.cpuMilli;
     this.memoryFree += holding.memoryMiB;
     this.holdings.delete(jobId);
     this.version = version;
     return holding;
-  }
-
-  #adjust(slot: number, delta: number): void {
-    const before = this.free[slot]!;
-    const after = before + delta;
-    this.free[slot] = after;
-    this.freeMilliTotal += delta;
-    if (before === MILLI_PER_GPU) this.wholeFree--;
-    if (after === MILLI_PER_GPU) this.wholeFree++;
   }
 
   /** A copy with the same free capacity and holdings (static parts shared). */
@@ -276,6 +273,16 @@ export class PeerState {
     mutable.holdings = new Map(this.holdings);
     return copy;
   }
+}
+
+/** Changes one GPU's free thousandths and the peer's running totals. */
+function adjustFree(peer: PeerState, slot: number, delta: number): void {
+  const before = peer.free[slot]!;
+  const after = before + delta;
+  peer.free[slot] = after;
+  peer.freeMilliTotal += delta;
+  if (before === MILLI_PER_GPU) peer.wholeFree--;
+  if (after === MILLI_PER_GPU) peer.wholeFree++;
 }
 
 let versionCounter = 0;
@@ -367,6 +374,13 @@ function rankMatrix(gpus: readonly GpuSlot[], devices: readonly Device[], links:
     }
   }
   return rank;
+}
+
+function uniformRankOf(n: number, rank: Uint8Array): number {
+  if (n < 2) return 0;
+  const first = rank[1]!;
+  for (let a = 0; a < n; a++) for (let b = a + 1; b < n; b++) if (rank[a * n + b] !== first) return -1;
+  return first;
 }
 
 function islandsOf(n: number, rank: Uint8Array): Int32Array {

@@ -25,7 +25,8 @@
  *   vendor == "amd" || (migCapable && label.team in ["ml", "research"])
  *
  * Semantics: `~=` is the model match used by `models:` in a spec (case-insensitive, whole words:
- * "H100" matches "NVIDIA H100 80GB HBM3" but "T4" does not match "RTX 4090"). `memory` is the
+ * "H100" matches "NVIDIA H100 80GB HBM3" but "T4" does not match "RTX 4090"); on `model`, `==`
+ * and `in` match the same way; on other strings `==` ignores case. `memory` is the
  * device's memory in MiB and compares with sizes (a bare number is MiB). `computeCapability`
  * compares as a dotted version ("8.9" < "10.0"). A test on an attribute the device does not have
  * (an unknown compute capability, a missing label) is false, as a DRA selector that hits a missing
@@ -326,8 +327,23 @@ class Parser {
 
 function comparison(name: string, kind: AttrKind, op: string, literal: Literal): CompiledSelector {
   const ordered = op === '<' || op === '<=' || op === '>' || op === '>=';
-  const decide = (d: number): boolean =>
-    op === '==' ? d === 0 : op === '!=' ? d !== 0 : op === '<' ? d < 0 : op === '<=' ? d <= 0 : op === '>' ? d > 0 : d >= 0;
+  const decide = (d: number): boolean => {
+    switch (op) {
+      case '==':
+      case '~=':
+        return d === 0;
+      case '!=':
+        return d !== 0;
+      case '<':
+        return d < 0;
+      case '<=':
+        return d <= 0;
+      case '>':
+        return d > 0;
+      default:
+        return d >= 0;
+    }
+  };
 
   if (op === '~=' && kind !== 'model' && kind !== 'string') {
     throw new SelectorError(`"~=" matches model names, not ${name}`, literal.at);

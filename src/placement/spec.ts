@@ -89,7 +89,7 @@ export const JobSpecSchema = z
     gpus: z.union([z.number().gt(0).max(65_536), z.literal('auto')]).optional(),
     mig: z
       .string()
-      .regex(/^\d+g\.\d+gb(\+[a-z0-9]+)?$/, 'a MIG profile such as 1g.10gb or 3g.40gb')
+      .regex(/^(\d+c\.)?\d+g\.\d+gb(\+[a-z0-9]+)?$/, 'a MIG profile such as 1g.10gb, 3g.40gb or 1c.3g.71gb')
       .optional(),
     /** Memory each GPU (or the job's share of one) must have. */
     gpuMemory: Size.optional(),

@@ -61,7 +61,7 @@ export class DaemonProcess {
       if (child.exitCode !== null) throw new Error(`daemon exited with ${child.exitCode}: ${this.output}`);
       if (!existsSync(apiFile)) return undefined;
       return this.status();
-    });
+    }, 60_000); // many daemons start at once on a 2-core CI machine
   }
 
   async cli(args: string[]): Promise<CliResult> {

@@ -260,4 +260,28 @@ describe('a job never outlives its daemon', () => {
       if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
     }
   });
+
+  test('a job whose lease is not renewed is killed by its supervisor; renewals keep it, but only for the time they grant', async () => {
+    const leased = new JobLauncher({ owner: 'launcher-test', leaseMs: 600 });
+    try {
+      // Not renewed: killed within the lease.
+      const lapsed = launch(request(jobDir(), 'sleep 30'), leased);
+      await lapsed.pid;
+      expect(await lapsed.exit).toEqual({ kind: 'signaled', signal: 'SIGKILL' });
+      // Renewed for a full lease every 100 ms: alive well past one lease.
+      const kept = launch(request(jobDir(), 'sleep 30'), leased);
+      const pid = await kept.pid;
+      const renewals = setInterval(() => leased.renewLeases(600), 100);
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(processAlive(pid)).toBe(true);
+      // Renewed, but each renewal grants only what remains (the daemon's own lease running out): it ends.
+      clearInterval(renewals);
+      const deadline = Date.now() + 300;
+      const shrinking = setInterval(() => leased.renewLeases(Math.max(0, deadline - Date.now())), 50);
+      expect(await kept.exit).toEqual({ kind: 'signaled', signal: 'SIGKILL' });
+      clearInterval(shrinking);
+    } finally {
+      await leased.close();
+    }
+  });
 });

@@ -42,28 +42,50 @@ function deviceMiss(attributes: DeviceAttributes, memoryMiB: number, need: Devic
   return null;
 }
 
+/** One need's answers, indexed by device class (small dense integers): an array lookup per peer. */
+export class EligibleTable {
+  readonly #need: DeviceNeed;
+  readonly #byClass: (Eligible | undefined)[] = [];
+
+  constructor(need: DeviceNeed) {
+    this.#need = need;
+  }
+
+  get(peer: PeerState): Eligible {
+    let eligible = this.#byClass[peer.deviceClassId];
+    if (eligible === undefined) {
+      eligible = compute(peer, this.#need);
+      this.#byClass[peer.deviceClassId] = eligible;
+    }
+    return eligible;
+  }
+}
+
 /** Answers eligibility questions for one cluster's device classes; cheap to keep across cycles. */
 export class EligibilityCache {
-  readonly #byNeed = new Map<string, Map<number, Eligible>>();
+  readonly #byNeed = new Map<string, EligibleTable>();
+  /** Bumped by clear(): holders of tables compare it to know theirs are stale. */
+  generation = 0;
+
+  /** The answers for one need (keep it for a cycle: each peer is then one array lookup). */
+  table(need: DeviceNeed, key = needKey(need)): EligibleTable {
+    let table = this.#byNeed.get(key);
+    if (table === undefined) {
+      table = new EligibleTable(need);
+      this.#byNeed.set(key, table);
+    }
+    return table;
+  }
 
   /** The eligible devices of `peer` for `need` (cached by the peer's device class). */
   of(peer: PeerState, need: DeviceNeed, key = needKey(need)): Eligible {
-    let byClass = this.#byNeed.get(key);
-    if (byClass === undefined) {
-      byClass = new Map();
-      this.#byNeed.set(key, byClass);
-    }
-    let eligible = byClass.get(peer.deviceClassId);
-    if (eligible === undefined) {
-      eligible = compute(peer, need);
-      byClass.set(peer.deviceClassId, eligible);
-    }
-    return eligible;
+    return this.table(need, key).get(peer);
   }
 
   /** Forgets everything (a cluster with new device classes). */
   clear(): void {
     this.#byNeed.clear();
+    this.generation++;
   }
 }
 

@@ -10,8 +10,7 @@
 import type { ClusterState } from '../cluster.ts';
 import { formatCount } from '../quantity.ts';
 import { MILLI_PER_GPU, type PlacementRequest } from '../spec.ts';
-import { describeDeviceMiss, describeReason, hasPeerConstraints, needOf, Reason, REASON_COUNT, staticReason, type FilterCycle, type ReasonCode } from './filters.ts';
-import { needKey } from './eligibility.ts';
+import { describeDeviceMiss, describeReason, makeFilterCycle, Reason, REASON_COUNT, staticReason, type ReasonCode } from './filters.ts';
 import type { Scheduler } from './schedule.ts';
 
 export type Feasibility = { feasible: true } | { feasible: false; reason: string };
@@ -36,17 +35,8 @@ export function checkFeasibleEver(cluster: ClusterState, request: PlacementReque
       firstProblem ??= `tenant ${tenant.name} may hold at most ${tenant.maxGpus} GPUs; the job asks for ${asked / MILLI_PER_GPU}`;
       continue;
     }
-    const need = needOf(request, member);
-    const cycle: FilterCycle = {
-      request,
-      member,
-      need,
-      needKey: need === null ? '' : needKey(need),
-      eligibility: scheduler.eligibility,
-      hasPeerConstraints: hasPeerConstraints(request),
-      reserved: null,
-      quotaProblem: null,
-    };
+    const cycle = makeFilterCycle(request, member, scheduler.eligibility, null, null);
+    const need = cycle.need;
     const counts = new Int32Array(REASON_COUNT);
     const deviceMisses = new Map<string, number>();
     const spreadValues = new Set<string>();
@@ -56,7 +46,7 @@ export function checkFeasibleEver(cluster: ClusterState, request: PlacementReque
       counts[code]!++;
       if (code === Reason.OK) {
         fit++;
-        if (request.spreadOver !== null) spreadValues.add(peer.labels[request.spreadOver] ?? `\u0000${peer.id}`);
+        if (request.spreadOver !== null) spreadValues.add(peer.labels[request.spreadOver] ?? '\u0000');
       } else if (code === Reason.DEVICES) {
         const text = describeDeviceMiss(peer, scheduler.eligibility.of(peer, need!, cycle.needKey), member);
         deviceMisses.set(text, (deviceMisses.get(text) ?? 0) + 1);
@@ -77,7 +67,8 @@ export function checkFeasibleEver(cluster: ClusterState, request: PlacementReque
           ? `; the gang needs ${shape.nodes} distinct ${request.spreadOver} values, ${spreadValues.size} have a peer that could run a member`
           : `; the gang needs ${shape.nodes} peers, ${fit} could run a member`
         : '';
-    firstProblem = `no peer could ever run it: ${formatCount(cluster.peers.length)} peers: ${parts.join(', ') || 'none qualify'}${gang}`;
+    const removed = parts.length > 0 ? `: ${parts.join(', ')}` : '';
+    firstProblem = `no peer could ever run it: ${formatCount(cluster.peers.length)} peers${removed}${gang}`;
   }
   return { feasible: false, reason: firstProblem ?? 'no peer could ever run it' };
 }

@@ -11,7 +11,7 @@ import type { PeerState } from '../cluster.ts';
 import { formatMiB } from '../quantity.ts';
 import { describeRequirement, labelMatches, MILLI_PER_GPU, type MemberDemand, type PlacementRequest } from '../spec.ts';
 import type { StatusCode } from '../plan.ts';
-import type { DeviceMiss, DeviceNeed, Eligible, EligibilityCache } from './eligibility.ts';
+import { needKey, type DeviceMiss, type DeviceNeed, type Eligible, type EligibilityCache, type EligibleTable } from './eligibility.ts';
 import { islandCapacity, largestFreeIsland } from './topology.ts';
 
 export const Reason = {
@@ -74,11 +74,44 @@ export interface FilterCycle {
   need: DeviceNeed | null;
   needKey: string;
   eligibility: EligibilityCache;
+  /** The need's eligibility answers (null for a CPU-only member). */
+  table: EligibleTable | null;
   hasPeerConstraints: boolean;
   /** Peers held for other jobs: peer id → job id. */
   reserved: ReadonlyMap<string, string> | null;
   /** Why the tenant may not take more now, or null. */
   quotaProblem: string | null;
+}
+
+/** A FilterCycle for one member shape (Kubernetes' PreFilter). */
+export function makeFilterCycle(
+  request: PlacementRequest,
+  member: MemberDemand,
+  eligibility: EligibilityCache,
+  reserved: ReadonlyMap<string, string> | null,
+  quotaProblem: string | null,
+): FilterCycle {
+  const need = needOf(request, member);
+  const key = need === null ? '' : needKey(need);
+  return {
+    request,
+    member,
+    need,
+    needKey: key,
+    eligibility,
+    table: need === null ? null : eligibility.table(need, key),
+    hasPeerConstraints: hasPeerConstraints(request),
+    reserved,
+    quotaProblem,
+  };
+}
+
+/** Everything a static verdict depends on besides the peer (a cache key). */
+export function staticKeyOf(cycle: FilterCycle): string {
+  const m = cycle.member;
+  const p = cycle.request.peer;
+  const peerPart = cycle.hasPeerConstraints ? JSON.stringify([p.spotTolerant, p.maxPricePerGpuHour, p.required, p.forbidden]) : '';
+  return `${m.gpus}|${m.milli}|${m.mig ?? ''}|${m.nvlink ? 1 : 0}|${m.cpuMilli}|${m.memoryMiB}|${cycle.needKey}|${peerPart}`;
 }
 
 export function needOf(request: PlacementRequest, member: MemberDemand): DeviceNeed | null {
@@ -137,7 +170,7 @@ export function staticReason(cycle: FilterCycle, peer: PeerState): ReasonCode {
   }
   const member = cycle.member;
   if (member.gpus > 0) {
-    const eligible = cycle.eligibility.of(peer, cycle.need!, cycle.needKey);
+    const eligible = cycle.table!.get(peer);
     const available = member.mig !== null ? eligible.migSlots.length : eligible.gpuCount;
     if (available < member.gpus) return Reason.DEVICES;
     if (member.nvlink && member.gpus > 1 && islandCapacity(peer, eligible) < member.gpus) return Reason.NVLINK_TOTAL;
@@ -153,7 +186,7 @@ export function loadReason(cycle: FilterCycle, peer: PeerState): ReasonCode {
   if (peer.cpuFree < member.cpuMilli) return Reason.CPU_FREE;
   if (peer.memoryFree < member.memoryMiB) return Reason.MEMORY_FREE;
   if (member.gpus > 0) {
-    const eligible = cycle.eligibility.of(peer, cycle.need!, cycle.needKey);
+    const eligible = cycle.table!.get(peer);
     if (member.mig !== null) {
       if (countMigFree(peer, eligible) < member.gpus) return Reason.GPU_FREE;
     } else if (member.milli >= MILLI_PER_GPU) {
@@ -170,6 +203,11 @@ export function loadReason(cycle: FilterCycle, peer: PeerState): ReasonCode {
 export function filterPeer(cycle: FilterCycle, peer: PeerState): ReasonCode {
   const fixed = staticReason(cycle, peer);
   if (fixed !== Reason.OK) return fixed;
+  return dynamicReason(cycle, peer);
+}
+
+/** The filters after the static ones: reservations, what is free now, quota. */
+export function dynamicReason(cycle: FilterCycle, peer: PeerState): ReasonCode {
   if (cycle.reserved !== null) {
     const holder = cycle.reserved.get(peer.id);
     if (holder !== undefined && holder !== cycle.request.jobId) return Reason.RESERVED;
@@ -199,6 +237,7 @@ export function describeDeviceMiss(peer: PeerState, eligible: Eligible, member: 
     return `only ${available} ${what} (${member.gpus} per peer needed)`;
   }
   if (member.mig !== null && peer.migs.length === 0) return `no MIG instances (MIG ${member.mig} asked)`;
+  if (member.mig === null && peer.gpus.length === 0) return 'GPUs in MIG mode (only MIG slices can be granted)';
   let worst: DeviceMiss | null = null;
   let worstCount = -1;
   for (const [miss, count] of Object.entries(eligible.misses) as [DeviceMiss, number][]) {

@@ -27,12 +27,15 @@ import {
   curableByPreemption,
   describeDeviceMiss,
   describeReason,
+  dynamicReason,
   FILTER_OF,
   filterPeer,
-  hasPeerConstraints,
+  makeFilterCycle,
   needOf,
   Reason,
   REASON_COUNT,
+  staticKeyOf,
+  staticReason,
   statusOfReason,
   type FilterCycle,
   type ReasonCode,
@@ -110,7 +113,8 @@ export interface ScheduleResult {
   explain: Explanation;
 }
 
-interface Shape {
+/** A concrete shape of a job: this many peers, each with this member demand. */
+export interface Shape {
   nodes: number;
   member: MemberDemand;
 }
@@ -162,9 +166,14 @@ export class Scheduler {
   readonly #ctx: PackingContext & { cluster: ClusterState | null };
   readonly #caches = new Map<string, ShapeCache>();
   #classes: unknown = null;
-  // Scratch buffers reused across cycles.
+  readonly #staticCache = new Map<string, Uint8Array>();
+  // Scratch buffers reused across cycles (a cycle's results are copied out before it returns).
   #codes = new Uint8Array(0);
   #feasible = new Int32Array(0);
+  readonly #counts = new Int32Array(REASON_COUNT);
+  #raw: Record<ScorePluginName, Float64Array> = emptyPluginArrays(0);
+  #normalized: Record<ScorePluginName, Float64Array> = emptyPluginArrays(0);
+  #total = new Float64Array(0);
 
   constructor(options: SchedulerOptions = {}) {
     const mix = options.mix ?? { classes: [{ gpus: 1, milli: MILLI_PER_GPU, cpuMilli: 0, memoryMiB: 0, need: null, share: 1 }] };
@@ -182,6 +191,7 @@ export class Scheduler {
       this.#classes = cluster.classes;
       this.eligibility.clear();
       this.#caches.clear();
+      this.#staticCache.clear();
     }
   }
 
@@ -220,7 +230,12 @@ export class Scheduler {
     return first!;
   }
 
-  /** The concrete shapes to try, most preferred first. */
+  /** The concrete shapes a request may take on this cluster, most preferred first. */
+  shapesFor(cluster: ClusterState, request: PlacementRequest): Shape[] {
+    this.#bind(cluster);
+    return this.#shapes(cluster, request);
+  }
+
   #shapes(cluster: ClusterState, request: PlacementRequest): Shape[] {
     if (request.sizing === null) return [{ nodes: request.nodes ?? 1, member: request.member }];
     // Auto sizing: for each GPU memory size in the fabric that the constraints allow, the fewest
@@ -263,17 +278,24 @@ export class Scheduler {
   }
 
   #filterCycle(cluster: ClusterState, request: PlacementRequest, shape: Shape, options: CycleOptions): FilterCycle {
-    const need = needOf(request, shape.member);
-    return {
-      request,
-      member: shape.member,
-      need,
-      needKey: need === null ? '' : needKey(need),
-      eligibility: this.eligibility,
-      hasPeerConstraints: hasPeerConstraints(request),
-      reserved: options.reserved ?? null,
-      quotaProblem: quotaProblem(cluster, request, shape),
-    };
+    return makeFilterCycle(request, shape.member, this.eligibility, options.reserved ?? null, quotaProblem(cluster, request, shape));
+  }
+
+  /**
+   * The static verdict of every peer for a cycle's shape and constraints, cached: it depends on
+   * nothing that a placement changes (labels, device classes, host size), so within one cluster
+   * lineage it is computed once per distinct shape.
+   */
+  #staticCodes(cluster: ClusterState, cycle: FilterCycle): Uint8Array {
+    const key = staticKeyOf(cycle);
+    let codes = this.#staticCache.get(key);
+    if (codes === undefined || codes.length !== cluster.peers.length) {
+      if (this.#staticCache.size >= MAX_SHAPE_CACHES) this.#staticCache.clear();
+      codes = new Uint8Array(cluster.peers.length);
+      for (let i = 0; i < codes.length; i++) codes[i] = staticReason(cycle, cluster.peers[i]!);
+      this.#staticCache.set(key, codes);
+    }
+    return codes;
   }
 
   #cycle(cluster: ClusterState, request: PlacementRequest, shape: Shape, options: CycleOptions, sizing: string | null): ScheduleResult {
@@ -286,16 +308,26 @@ export class Scheduler {
     }
     const codes = this.#codes;
     const feasible = this.#feasible;
-    const counts = new Int32Array(REASON_COUNT);
+    const counts = this.#counts.fill(0);
+    const fixed = this.#staticCodes(cluster, cycle);
     let nFeasible = 0;
     const only = options.only ?? null;
-    for (let i = 0; i < n; i++) {
+    if (only === null) {
+      for (let i = 0; i < n; i++) {
+        let code = fixed[i]!;
+        if (code === Reason.OK) code = dynamicReason(cycle, peers[i]!);
+        codes[i] = code;
+        counts[code]!++;
+        if (code === Reason.OK) feasible[nFeasible++] = i;
+      }
+    }
+    for (let i = 0; only !== null && i < n; i++) {
       const peer = peers[i]!;
-      if (only !== null && !only.has(peer.id)) {
+      if (!only.has(peer.id)) {
         codes[i] = 255;
         continue;
       }
-      const code = filterPeer(cycle, peer);
+      const code = fixed[i] === Reason.OK ? dynamicReason(cycle, peer) : (fixed[i] as ReasonCode);
       codes[i] = code;
       counts[code]!++;
       if (code === Reason.OK) feasible[nFeasible++] = i;
@@ -405,19 +437,20 @@ export class Scheduler {
     cache.ensure(peers.length);
     const cacheable = this.policy.deterministic;
     const multiGpu = member.gpus > 1 && member.milli >= MILLI_PER_GPU && member.mig === null;
-    const raw: Record<ScorePluginName, Float64Array> = {
-      packing: new Float64Array(nFeasible),
-      topology: new Float64Array(nFeasible),
-      price: new Float64Array(nFeasible),
-      affinity: new Float64Array(nFeasible),
-    };
+    if (this.#total.length < nFeasible) {
+      this.#raw = emptyPluginArrays(nFeasible * 2);
+      this.#normalized = emptyPluginArrays(nFeasible * 2);
+      this.#total = new Float64Array(nFeasible * 2);
+    }
+    const raw = this.#raw;
+    const affinityScored = request.peer.preferred.length > 0 || request.peer.avoided.length > 0;
     const preferred = request.peer.preferred;
     const avoided = request.peer.avoided;
     for (let k = 0; k < nFeasible; k++) {
       const index = feasible[k]!;
       const peer = peers[index]!;
       if (!cacheable || cache.versions[index] !== peer.version) {
-        const eligible = member.gpus > 0 ? this.eligibility.of(peer, cycle.need!, cycle.needKey) : NO_DEVICES;
+        const eligible = member.gpus > 0 ? cycle.table!.get(peer) : NO_DEVICES;
         cache.packing[index] = this.policy.score(peer, member, eligible, this.#ctx);
         cache.topology[index] = multiGpu ? topologyQuality(chooseWholeGpus(peer, eligible, member.gpus, member.nvlink)!) : 0;
         cache.versions[index] = cacheable ? peer.version : -1;
@@ -425,15 +458,15 @@ export class Scheduler {
       raw.packing[k] = cache.packing[index]!;
       raw.topology[k] = cache.topology[index]!;
       raw.price[k] = peer.pricePerGpuHour === null ? 0 : -peer.pricePerGpuHour;
-      if (preferred.length > 0 || avoided.length > 0) {
-        let a = 0;
+      let a = 0;
+      if (affinityScored) {
         for (const p of preferred) if (labelMatches(peer.labels, p.requirement)) a += p.weight;
         for (const p of avoided) if (labelMatches(peer.labels, p.requirement)) a -= p.weight;
-        raw.affinity[k] = a;
       }
+      raw.affinity[k] = a;
     }
-    const total = new Float64Array(nFeasible);
-    const normalized = {} as Record<ScorePluginName, Float64Array>;
+    const total = this.#total.fill(0, 0, nFeasible);
+    const normalized = this.#normalized;
     for (const plugin of SCORE_PLUGINS) {
       const values = raw[plugin];
       let min = Infinity;
@@ -443,7 +476,7 @@ export class Scheduler {
         if (v < min) min = v;
         if (v > max) max = v;
       }
-      const out = new Float64Array(nFeasible);
+      const out = normalized[plugin].fill(0, 0, nFeasible);
       const weight = this.weights[plugin];
       if (max > min) {
         const scale = 100 / (max - min);
@@ -452,7 +485,6 @@ export class Scheduler {
           total[k]! += weight * out[k]!;
         }
       }
-      normalized[plugin] = out;
     }
     return { total, normalized };
   }
@@ -485,7 +517,9 @@ export class Scheduler {
     const label = request.spreadOver ?? 'zone';
     const groups = new Map<string, number[]>();
     for (const index of order) {
-      const value = peers[index]!.labels[label] ?? `\u0000${index}`;
+      // Unlabeled peers: for packing each is its own place (not "one zone" together); for a
+      // spread they are one unknown place (they may share a failure domain).
+      const value = peers[index]!.labels[label] ?? (request.spreadOver !== null ? '\u0000' : `\u0000${index}`);
       const group = groups.get(value);
       if (group === undefined) groups.set(value, [index]);
       else group.push(index);
@@ -525,7 +559,7 @@ export class Scheduler {
 
   #allocate(peer: PeerState, member: MemberDemand, cycle: FilterCycle): GrantView[] {
     if (member.gpus === 0) return [];
-    const eligible = this.eligibility.of(peer, cycle.need!, cycle.needKey);
+    const eligible = cycle.table!.get(peer);
     if (member.mig !== null) return allocateMig(peer, eligible, member.gpus);
     if (member.milli < MILLI_PER_GPU) {
       const slot = this.policy.shareSlot(peer, member, eligible, this.#ctx);
@@ -553,6 +587,10 @@ export class Scheduler {
     result.explain.summary += `; preempting ${names}`;
     return result;
   }
+}
+
+function emptyPluginArrays(n: number): Record<ScorePluginName, Float64Array> {
+  return { packing: new Float64Array(n), topology: new Float64Array(n), price: new Float64Array(n), affinity: new Float64Array(n) };
 }
 
 const NO_DEVICES: Eligible = { gpuSlots: new Int32Array(0), gpuCount: 0, migSlots: new Int32Array(0), misses: {} };
@@ -643,7 +681,7 @@ function removedCounts(
       const peer = cluster.peers[i]!;
       let text = textOfClass.get(peer.deviceClassId);
       if (text === undefined) {
-        text = describeDeviceMiss(peer, cycle.eligibility.of(peer, cycle.need!, cycle.needKey), member);
+        text = describeDeviceMiss(peer, cycle.table!.get(peer), member);
         textOfClass.set(peer.deviceClassId, text);
       }
       byText.set(text, (byText.get(text) ?? 0) + 1);

@@ -42,11 +42,18 @@ function largestIsland(peer: PeerState, candidates: readonly number[], taken: Re
 
 /** The largest number of free eligible GPUs within one NVLink island. */
 export function largestFreeIsland(peer: PeerState, eligible: Eligible): number {
+  if (peer.islandCount === 1) {
+    if (eligible.gpuSlots === null) return peer.wholeFree;
+    let n = 0;
+    for (const slot of eligible.gpuSlots) if (peer.free[slot] === MILLI_PER_GPU) n++;
+    return n;
+  }
   return largestIsland(peer, wholeFreeSlots(peer, eligible), new Set());
 }
 
 /** Whether `k` eligible GPUs of one island exist on the peer when nothing is allocated. */
 export function islandCapacity(peer: PeerState, eligible: Eligible): number {
+  if (peer.islandCount === 1) return eligible.gpuCount;
   const slots = eligibleGpuSlots(peer, eligible);
   const counts = new Map<number, number>();
   let best = 0;
@@ -74,6 +81,13 @@ export function chooseWholeGpus(peer: PeerState, eligible: Eligible, k: number, 
   if (k === 0) return { slots: [], worstRank: 0, rankSum: 0, islandLeft: 0 };
   const candidates = wholeFreeSlots(peer, eligible);
   if (candidates.length < k) return null;
+  if (peer.uniformRank >= 0) {
+    // Every pair is linked alike (an NVSwitch host): any k are as good; take the first.
+    if (nvlink && peer.uniformRank > 0) return null;
+    const slots = candidates.slice(0, k);
+    const pairs = (k * (k - 1)) / 2;
+    return { slots, worstRank: peer.uniformRank, rankSum: pairs * peer.uniformRank, islandLeft: peer.uniformRank === 0 ? candidates.length - k : 1 };
+  }
   const n = peer.gpus.length;
   const rank = peer.rank;
   let best: GpuChoice | null = null;
