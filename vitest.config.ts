@@ -6,7 +6,7 @@ export default defineConfig({
     pool: 'forks',
     // The machine has 2 cores; end-to-end tests start many daemons of their own.
     maxWorkers: 2,
-    testTimeout: 30_000,
+    testTimeout: 60_000,
     hookTimeout: 60_000,
   },
 });

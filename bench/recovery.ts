@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FabricClient } from '../src/client/client.ts';
 import { percentile } from './gossip.ts';
+import { until } from '../src/node/demo.ts';
 
 export const RECOVERY_USAGE = `npm run bench -- recovery [--json] [options]
   --kills K           host kills (default 20)
@@ -153,7 +154,7 @@ export async function runRecoveryBench(opts: RecoveryOptions, io: { progress(lin
     const ids = new Map<string, string>();
     for (const [n, c] of clients) ids.set((await c.status()).peerId, n);
     const anyAlive = (): FabricClient => clients.get(names.find((n) => children.get(n)!.exitCode === null && children.get(n)!.signalCode === null)!)!;
-    await waitUntil('every daemon in the Raft group', 60_000, async () => ((await anyAlive().raftPeers()).peers.length === opts.daemons ? true : undefined));
+    await until('every daemon in the Raft group', 60_000, async () => ((await anyAlive().raftPeers()).peers.length === opts.daemons ? true : undefined));
 
     const interval = opts.checkpointEvery;
     const { jobId } = await anyAlive().submitJob({
@@ -162,7 +163,7 @@ export async function runRecoveryBench(opts: RecoveryOptions, io: { progress(lin
     say(`job ${jobId}: ${opts.stateMiB} MiB checkpoint every ${interval} steps of ${opts.stepMs} ms`);
     const out = new JobOutput();
     // The first checkpoint replicated to 2 peers before the first kill: "pre-replicated".
-    await waitUntil('the first checkpoint to be committed and replicated', 600_000, async () => {
+    await until('the first checkpoint to be committed and replicated', 600_000, async () => {
       await out.poll(anyAlive(), jobId);
       const j = await anyAlive().job(jobId);
       return j.checkpoints.length > 0 && j.checkpoints.at(-1)!.holders.length >= 3 ? true : undefined;
@@ -173,7 +174,7 @@ export async function runRecoveryBench(opts: RecoveryOptions, io: { progress(lin
     let jobsLost = 0;
     for (let k = 0; k < opts.kills; k++) {
       // Run a little past a fresh commit, as a job would be at any moment.
-      await waitUntil('the job to run and commit at this attempt', 600_000, async () => {
+      await until('the job to run and commit at this attempt', 600_000, async () => {
         await out.poll(anyAlive(), jobId);
         const j = await anyAlive().job(jobId);
         const started = out.starts.find((s) => s.attempt === j.attempt);
@@ -189,7 +190,7 @@ export async function runRecoveryBench(opts: RecoveryOptions, io: { progress(lin
       children.get(host)!.kill('SIGKILL');
       let restarted: Started | undefined;
       try {
-        restarted = await waitUntil(`the job to run again after kill ${k + 1}`, opts.timeoutS * 1000, async () => {
+        restarted = await until(`the job to run again after kill ${k + 1}`, opts.timeoutS * 1000, async () => {
           await out.poll(anyAlive(), jobId);
           return out.starts.find((s) => s.attempt > attemptBefore);
         });
@@ -228,20 +229,6 @@ export async function runRecoveryBench(opts: RecoveryOptions, io: { progress(lin
     killAll();
     process.off('exit', killAll);
     rmSync(root, { recursive: true, force: true });
-  }
-}
-
-async function waitUntil<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch {
-      // a daemon between states; try again
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(100);
   }
 }
 

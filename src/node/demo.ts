@@ -84,7 +84,8 @@ const PEERS = [
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
+/** Polls `fn` every 100 ms until it gives a value (errors count as "not yet"); TIMEOUT after `timeoutMs`. */
+export async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
@@ -93,7 +94,7 @@ async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | u
     } catch {
       // not ready yet
     }
-    if (Date.now() > deadline) throw new FabricError('TIMEOUT', `demo: timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new FabricError('TIMEOUT', `timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(100);
   }
 }

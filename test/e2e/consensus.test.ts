@@ -56,8 +56,10 @@ describe('consensus across six daemons', () => {
     expect(group.peers.filter((p) => p.leader)).toHaveLength(1);
     const statuses = await waitFor('every daemon to know the leader', async () => {
       const all = await Promise.all(daemons.map(statusOf));
-      return all.every((s) => s.raft.leader === group.leader && s.raft.member !== 'none') ? all : undefined;
-    }, 20_000, 300);
+      // each daemon's own view catches up with the leader's (a promotion is applied everywhere)
+      const settled = all.every((s) => s.raft.leader === group.leader && s.raft.member !== 'none') && all.filter((s) => s.raft.member === 'voter').length === 5;
+      return settled ? all : undefined;
+    }, 30_000, 300);
     expect(new Set(statuses.map((s) => s.raft.term)).size).toBe(1);
     expect(statuses.filter((s) => s.raft.member === 'learner')).toHaveLength(1);
     // the human forms of both commands
