@@ -3,10 +3,11 @@
  * host with their devices, output followed from another peer, a failing job retried then
  * failed, cancel, a request no peer could ever run refused at submit, `fabric explain`, and a
  * frozen host (its daemon SIGSTOPped) whose job ends by its lease before the job runs elsewhere:
- * never twice at once.
+ * never twice at once; and a host killed with -9 whose job resumes elsewhere from its latest
+ * checkpoint although chunks of it were corrupted on the replicas' disks.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Fabric, LOOPBACK, runCli, waitFor, type DaemonProcess } from './harness.ts';
 import { FabricClient } from '../../src/client/client.ts';
@@ -151,4 +152,44 @@ describe('jobs across three daemons', () => {
     // and attempt 1 never wrote again after the thaw
     expect(lines.filter(([at]) => at === 1).every(([, t]) => t <= lastOfFirst)).toBe(true);
   }, 120_000);
+
+  test('host killed: the job resumes on another peer from its checkpoint, healing chunks corrupted on the replicas', async () => {
+    const job = join(import.meta.dirname, '..', '..', 'bench', 'recovery-job.ts');
+    const id = await runJob(a, ['--', process.execPath, job, '--state-mib', '6', '--step-ms', '50', '--checkpoint-every', '10']);
+    const withCheckpoint = await waitFor('a checkpoint held by three peers', async () => {
+      const j = await jobOf(a, id);
+      return j.state === 'running' && j.checkpoints.length > 0 && j.checkpoints.at(-1)!.holders.length === 3 ? j : undefined;
+    }, 90_000, 200);
+    const ckpt = withCheckpoint.checkpoints.at(-1)!;
+    const daemons = await Promise.all([a, b, c].map(async (d) => [d, (await d.status()).peerId] as const));
+    const host = daemons.find(([, p]) => p === withCheckpoint.attempts.at(-1)!.peerIds[0])![0];
+    const replicas = daemons.filter(([d]) => d !== host).map(([d]) => d);
+    // Corrupt a different chunk of the checkpoint on each replica's disk: whichever restores it
+    // finds one bad chunk of its own and must fetch it from the other.
+    const manifest = JSON.parse(readFileSync(join(replicas[0]!.dataDir, 'checkpoints', 'manifests', `${ckpt.manifestId}.json`), 'utf8')) as { entries?: { chunks?: [string, number][] }[]; files?: { chunks?: [string, number][] }[] };
+    const chunkIds = [...new Set(JSON.stringify(manifest).match(/[0-9a-f]{64}/g) ?? [])].filter((h) => h !== ckpt.manifestId);
+    expect(chunkIds.length).toBeGreaterThanOrEqual(2);
+    replicas.forEach((r, i) => {
+      const path = join(r.dataDir, 'checkpoints', 'chunks', chunkIds[i]!.slice(0, 2), chunkIds[i]!);
+      const bytes = readFileSync(path);
+      bytes[100] = bytes[100]! ^ 0xff;
+      writeFileSync(path, bytes);
+    });
+    await host.kill9();
+    const other = replicas[0]!;
+    const resumed = await waitFor('the job to run again from its checkpoint', async () => {
+      const j = await jobOf(other, id);
+      if (j.attempt < 2 || j.state !== 'running') return undefined;
+      const logs = await client(other).jobLogs(id, { from: 0 });
+      const text = Buffer.from(logs.data, 'base64').toString('utf8');
+      return /^started \d+ attempt 2 resumed (\d+)/m.test(text) ? { j, text } : undefined;
+    }, 60_000, 200);
+    // recovery-job.ts checks the restored state's SHA-256 before it prints "started ... resumed"
+    const step = Number(/^started \d+ attempt 2 resumed (\d+)/m.exec(resumed.text)![1]);
+    expect(step).toBeGreaterThanOrEqual(ckpt.step);
+    const quarantined = replicas.map((r) => readdirSync(join(r.dataDir, 'checkpoints', 'quarantine')).length);
+    expect(quarantined.reduce((x, y) => x + y, 0), `quarantined chunks per replica ${JSON.stringify(quarantined)}`).toBeGreaterThanOrEqual(1);
+    await other.cli(['cancel', id]);
+    await host.start(['agent']);
+  }, 180_000);
 });
