@@ -132,6 +132,7 @@ export async function runPlacementBench(
     const table = [
       `placement speed: ${figures.gpus} GPUs on ${figures.peers} peers, full scoring, one thread`,
       `  placements/s ${figures.placements_per_s} (target ≥ ${TARGET_PLACEMENTS_PER_S}; ${(figures.placements_per_s / TARGET_PLACEMENTS_PER_S).toFixed(2)}× target)`,
+      `  per CPU-second ${figures.placements_per_cpu_s}; machine load ${figures.load_per_core} per core`,
       `  cycle p50 ${figures.cycle_p50_us} µs, p99 ${figures.cycle_p99_us} µs; fabric ${figures.utilization_pct}% allocated`,
     ].join('\n');
     return { figures: { ...figures, target_placements_per_s: TARGET_PLACEMENTS_PER_S }, table };

@@ -151,7 +151,6 @@ export class Daemon {
     this.#placement = new PlacementService({
       control: this.#control,
       peers: () => this.#gossip.membership.list().map((e) => ({ peerId: e.peerId, health: e.peerId === this.peerId ? 'alive' : e.status, state: e.state })),
-      rng,
       log: init.log.child({ module: 'placement' }),
       wallNow: () => Date.now(),
     });

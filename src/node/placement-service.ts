@@ -17,14 +17,24 @@
  *
  * Explanations (`fabric explain`) are computed here, on the leader, over the same snapshot.
  */
-import { errorMessage, type Logger, type Rng } from '../core/index.ts';
+import { errorMessage, type Logger } from '../core/index.ts';
 import type { NodeState } from '../gossip/state.ts';
 import type { Job } from '../placement/fsm/index.ts';
-import { ClusterState } from '../placement/cluster.ts';
-import { toAllocPlaceCommand, toReleaseCommands } from '../placement/plan.ts';
-import { peerViewOf, snapshotOf, type PeerView } from '../placement/snapshot.ts';
-import { Scheduler, type Explanation, type ScheduleResult } from '../placement/scheduler/schedule.ts';
-import { JobSpecSchema, resolveRequest } from '../placement/spec.ts';
+import {
+  ClusterState,
+  JobSpecSchema,
+  Scheduler,
+  checkFeasibleEver,
+  peerViewOf,
+  resolveRequest,
+  snapshotOf,
+  toAllocPlaceCommand,
+  toReleaseCommands,
+  verifyPlan,
+  type Explanation,
+  type PeerView,
+  type ScheduleResult,
+} from '../placement/index.ts';
 import { DEFAULT_STOP_GRACE_MS } from '../runner/index.ts';
 import type { ControlPlane } from './control-plane.ts';
 import { DEFAULT_LEASE_MS, FENCE_STOP_GRACE_MS } from './job-agent.ts';
@@ -39,7 +49,6 @@ export interface PlacementServiceOptions {
   control: ControlPlane;
   /** The gossiped view, this peer included. */
   peers(): PlacementPeer[];
-  rng: Rng;
   log: Logger;
   wallNow(): number;
   /** The hosts' lease (job-agent.ts): a host silent this long (plus grace) has stopped its jobs. */
@@ -69,7 +78,8 @@ export class PlacementService {
   constructor(opts: PlacementServiceOptions) {
     this.#o = opts;
     this.#log = opts.log;
-    this.#scheduler = new Scheduler({ rng: opts.rng });
+    // No rng: exact ties go to the first peer in snapshot order, which packs best (see packing.ts).
+    this.#scheduler = new Scheduler();
     this.#lostAfterMs = (opts.leaseMs ?? DEFAULT_LEASE_MS) + FENCE_STOP_GRACE_MS + LOST_MARGIN_MS;
   }
 
@@ -172,6 +182,12 @@ export class PlacementService {
         this.#log.info({ jobId: job.id, victims: plan.preemptions.map((v) => v.jobId) }, 'preempting lower-priority jobs');
         return true;
       }
+      // Re-check against committed state right before proposing (the state machine checks again).
+      const verdict = verifyPlan(cluster, plan, this.#requestOf(job)!);
+      if (!verdict.ok) {
+        this.#log.warn({ jobId: job.id, problems: verdict.problems }, 'plan failed verification; planning again');
+        return true;
+      }
       const epoch = job.epoch + 1;
       const { at: _at, ...request } = toAllocPlaceCommand(plan, { requestId: `${job.id}:place:${epoch}`, actor: control.id, at: now, epoch });
       const { result: applied } = await control.submit(request);
@@ -190,10 +206,14 @@ export class PlacementService {
   }
 
   /** Schedules `job` on `cluster` (read only). A restarting job tries the holders of its latest checkpoint first. */
-  #plan(cluster: ClusterState, job: Readonly<Job>): ScheduleResult | undefined {
+  #requestOf(job: Readonly<Job>): ReturnType<typeof resolveRequest> | undefined {
     const spec = JobSpecSchema.safeParse(job.spec);
-    if (!spec.success) return undefined;
-    const request = resolveRequest(spec.data, job.id);
+    return spec.success ? resolveRequest(spec.data, job.id) : undefined;
+  }
+
+  #plan(cluster: ClusterState, job: Readonly<Job>): ScheduleResult | undefined {
+    const request = this.#requestOf(job);
+    if (request === undefined) return undefined;
     const latest = this.#o.control.state.checkpoints(job.id).at(-1);
     if (latest !== undefined) {
       const near = this.#scheduler.schedule(cluster, request, { only: new Set(latest.holders), preemption: false });
@@ -233,8 +253,7 @@ export class PlacementService {
     if (!parsed.success) return { ok: false, why: 'invalid spec' };
     const peers = this.#o.peers().filter((p) => p.state !== undefined && p.health !== 'dead').map((p) => peerViewOf(p.state!, { schedulable: true }));
     const empty = ClusterState.fromSnapshot({ peers, allocations: [], tenants: [], now: this.#o.wallNow() });
-    const result = this.#scheduler.schedule(empty, resolveRequest(parsed.data, jobId), { preemption: false });
-    if (result.plan !== null || result.status.code !== 'UnschedulableAndUnresolvable') return { ok: true };
-    return { ok: false, why: result.explain.summary };
+    const verdict = checkFeasibleEver(empty, resolveRequest(parsed.data, jobId), this.#scheduler);
+    return verdict.feasible ? { ok: true } : { ok: false, why: verdict.reason };
   }
 }

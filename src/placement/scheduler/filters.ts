@@ -92,7 +92,7 @@ export function makeFilterCycle(
   quotaProblem: string | null,
 ): FilterCycle {
   const need = needOf(request, member);
-  const key = need === null ? '' : needKey(need);
+  const key = need === null ? '' : memoizedNeedKey(request, member, need);
   return {
     request,
     member,
@@ -106,12 +106,29 @@ export function makeFilterCycle(
   };
 }
 
+// Keys of a request's member shapes, computed once per (request, member): the leader plans the
+// same queued request many times, and building these strings every cycle shows in a profile.
+const needKeys = new WeakMap<MemberDemand, { request: PlacementRequest; key: string }>();
+const staticKeys = new WeakMap<MemberDemand, { request: PlacementRequest; key: string }>();
+
+function memoizedNeedKey(request: PlacementRequest, member: MemberDemand, need: DeviceNeed): string {
+  const hit = needKeys.get(member);
+  if (hit !== undefined && hit.request === request) return hit.key;
+  const key = needKey(need);
+  needKeys.set(member, { request, key });
+  return key;
+}
+
 /** Everything a static verdict depends on besides the peer (a cache key). */
 export function staticKeyOf(cycle: FilterCycle): string {
   const m = cycle.member;
+  const hit = staticKeys.get(m);
+  if (hit !== undefined && hit.request === cycle.request) return hit.key;
   const p = cycle.request.peer;
   const peerPart = cycle.hasPeerConstraints ? JSON.stringify([p.spotTolerant, p.maxPricePerGpuHour, p.required, p.forbidden]) : '';
-  return `${m.gpus}|${m.milli}|${m.mig ?? ''}|${m.nvlink ? 1 : 0}|${m.cpuMilli}|${m.memoryMiB}|${cycle.needKey}|${peerPart}`;
+  const key = `${m.gpus}|${m.milli}|${m.mig ?? ''}|${m.nvlink ? 1 : 0}|${m.cpuMilli}|${m.memoryMiB}|${cycle.needKey}|${peerPart}`;
+  staticKeys.set(m, { request: cycle.request, key });
+  return key;
 }
 
 export function needOf(request: PlacementRequest, member: MemberDemand): DeviceNeed | null {

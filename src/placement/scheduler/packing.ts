@@ -267,6 +267,7 @@ export class GradientScorer {
   readonly meter: FragmentationMeter;
   readonly #before = new FragmentationCache();
   #scratch = new Int32Array(64);
+  readonly #seen = new Int32Array(64);
 
   constructor(meter: FragmentationMeter) {
     this.meter = meter;
@@ -306,10 +307,18 @@ export class GradientScorer {
     const slots = eligibleGpuSlots(peer, eligible);
     let bestAfter = Infinity;
     let bestSlot = -1;
+    // GPUs with equal free thousandths leave equal fragmentation: only the first of each level is
+    // measured (every policy keeps the first of equals).
+    const seen = this.#seen;
+    let nSeen = 0;
     for (let i = 0; i < slots.length; i++) {
       const slot = slots[i]!;
       const f = peer.free[slot]!;
       if (f < member.milli) continue;
+      let duplicate = false;
+      for (let j = 0; j < nSeen; j++) if (seen[j] === f) duplicate = true;
+      if (duplicate) continue;
+      if (nSeen < seen.length) seen[nSeen++] = f;
       scratch[slot] = f - member.milli;
       const after = this.meter.measure(peer, scratch, cpu, memory, eligibility);
       scratch[slot] = f;

@@ -141,8 +141,15 @@ class ShapeCache {
 
 const MAX_SHAPE_CACHES = 4096;
 
-function shapeKeyOf(member: MemberDemand, key: string): string {
-  return `${member.gpus}|${member.milli}|${member.mig ?? ''}|${member.minMemoryMiB}|${member.nvlink ? 1 : 0}|${member.cpuMilli}|${member.memoryMiB}|${key}`;
+const shapeKeys = new WeakMap<MemberDemand, { needKey: string; key: string }>();
+
+/** The score-cache key of a member shape (memoized: a queued request is planned many times). */
+function shapeKeyOf(member: MemberDemand, needKey: string): string {
+  const hit = shapeKeys.get(member);
+  if (hit !== undefined && hit.needKey === needKey) return hit.key;
+  const key = `${member.gpus}|${member.milli}|${member.mig ?? ''}|${member.minMemoryMiB}|${member.nvlink ? 1 : 0}|${member.cpuMilli}|${member.memoryMiB}|${needKey}`;
+  shapeKeys.set(member, { needKey, key });
+  return key;
 }
 
 function describeShape(shape: Shape): string {
@@ -340,7 +347,15 @@ export class Scheduler {
 
     // Score.
     const scores = this.#score(cluster, request, shape, cycle, feasible, nFeasible);
-    const chosen = shape.nodes === 1 ? [this.#best(feasible, nFeasible, scores.total)] : this.#gang(cluster, request, shape, feasible, nFeasible, scores.total);
+    let chosenK: number[] | null;
+    if (shape.nodes === 1) {
+      chosenK = [this.#best(nFeasible, scores.total)];
+    } else {
+      const position = new Map<number, number>();
+      for (let k = 0; k < nFeasible; k++) position.set(feasible[k]!, k);
+      chosenK = this.#gang(cluster, request, shape, feasible, nFeasible, scores.total)?.map((index) => position.get(index)!) ?? null;
+    }
+    const chosen = chosenK === null ? null : chosenK.map((k) => feasible[k]!);
     if (chosen === null) {
       return this.#unplaced(cluster, request, shape, cycle, codes, counts, considered, nFeasible, sizing, true);
     }
@@ -352,17 +367,15 @@ export class Scheduler {
       members.push({ peerId: peer.id, devices: this.#allocate(peer, shape.member, cycle), cpuMilli: shape.member.cpuMilli, memoryMiB: shape.member.memoryMiB });
     }
     const plan: Plan = { jobId: request.jobId, tenant: request.tenant, priority: request.priority, members, preemptions: [] };
-    const chosenSet = new Set(chosen);
-    const runnersUp = topK(feasible, nFeasible, scores.total, 3, chosenSet);
-    const peerScore = (index: number): PeerScore => {
-      const k = feasible.subarray(0, nFeasible).indexOf(index);
+    const runnersUp = topK(nFeasible, scores.total, 3, new Set(chosenK));
+    const peerScore = (k: number): PeerScore => {
       return {
-        peerId: peers[index]!.id,
+        peerId: peers[feasible[k]!]!.id,
         total: round2(scores.total[k]!),
         plugins: Object.fromEntries(SCORE_PLUGINS.map((p) => [p, round2(scores.normalized[p][k]!)])) as Record<ScorePluginName, number>,
       };
     };
-    const explainChosen = chosen.map((index, i) => ({ ...peerScore(index), devices: members[i]!.devices.map(describeGrant) }));
+    const explainChosen = chosenK!.map((k, i) => ({ ...peerScore(k), devices: members[i]!.devices.map(describeGrant) }));
     const removed = removedCounts(cluster, request, shape.member, cycle, codes, counts, n);
     return {
       status: { code: 'Success', reasons: [] },
@@ -489,8 +502,8 @@ export class Scheduler {
     return { total, normalized };
   }
 
-  /** The highest total; exact ties go to a random one when the scheduler has an Rng. */
-  #best(feasible: Int32Array, nFeasible: number, total: Float64Array): number {
+  /** Position (in the feasible list) of the highest total; exact ties go to a random one when the scheduler has an Rng. */
+  #best(nFeasible: number, total: Float64Array): number {
     let best = 0;
     let ties = 1;
     for (let k = 1; k < nFeasible; k++) {
@@ -503,7 +516,7 @@ export class Scheduler {
         if (this.rng.int(ties) === 0) best = k;
       }
     }
-    return feasible[best]!;
+    return best;
   }
 
   /**
@@ -613,11 +626,11 @@ function rankOrder(feasible: Int32Array, nFeasible: number, total: Float64Array,
   return ks.map((k) => feasible[k]!);
 }
 
-/** The `k` best feasible peers (by index) outside `exclude`, best first. */
-function topK(feasible: Int32Array, nFeasible: number, total: Float64Array, k: number, exclude: ReadonlySet<number>): number[] {
+/** Positions of the `k` best feasible peers outside `exclude`, best first. */
+function topK(nFeasible: number, total: Float64Array, k: number, exclude: ReadonlySet<number>): number[] {
   const best: number[] = [];
   for (let j = 0; j < nFeasible; j++) {
-    if (exclude.has(feasible[j]!)) continue;
+    if (exclude.has(j)) continue;
     let at = best.length;
     while (at > 0 && total[j]! > total[best[at - 1]!]!) at--;
     if (at < k) {
@@ -625,7 +638,7 @@ function topK(feasible: Int32Array, nFeasible: number, total: Float64Array, k: n
       if (best.length > k) best.pop();
     }
   }
-  return best.map((j) => feasible[j]!);
+  return best;
 }
 
 function allocateMig(peer: PeerState, eligible: Eligible, count: number): GrantView[] {
