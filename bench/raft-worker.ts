@@ -54,7 +54,8 @@ function send(msg: FromRaftWorker): void {
 
 function submitRequest(): CommandRequest {
   const id = randomBytes(8).toString('hex');
-  return { type: 'job.submit', requestId: `rq-${id}`, actor: 'bench', jobId: `j-${id}`, tenant: 'bench', name: `w-${id}`, priority: 0, preemptible: false, spec: {} };
+  // A job no peer of this fabric (cpu-only daemons) can run: it waits in the queue, as a write should.
+  return { type: 'job.submit', requestId: `rq-${id}`, actor: 'bench', jobId: `j-${id}`, tenant: 'bench', name: `w-${id}`, priority: 0, preemptible: false, spec: { gpus: 1, waitForCapacity: true, command: ['true'] } };
 }
 
 async function write(request: CommandRequest): Promise<{ jobId: string }> {

@@ -55,7 +55,11 @@ export interface PlacementServiceOptions {
   leaseMs?: number;
 }
 
-const TICK_MS = 250;
+const TICK_MS = 50;
+/** Without news, a pass every second anyway (leases expire, holds end). */
+const IDLE_PASS_EVERY = 20;
+/** Planning time per pass before the loop yields (ms). */
+const PASS_BUDGET_MS = 10;
 /** Margin over lease + stop grace for clock-rate drift and a slow kill. */
 const LOST_MARGIN_MS = 500;
 const WAITING: ReadonlySet<string> = new Set(['queued', 'restarting']);
@@ -67,11 +71,14 @@ export class PlacementService {
   readonly #lostAfterMs: number;
   /** Why each job placed by this leader went where it did, for `fabric explain`. */
   readonly #placedBecause = new Map<string, { epoch: number; explain: Explanation }>();
+  /** Waiting jobs that did not fit, with the capacity they did not fit (see #capacityKey). */
+  readonly #unfit = new Map<string, string>();
   /** Preemptors waiting for their victims to stop: job id → not before (wall ms). */
   readonly #holdUntil = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
   #busy = false;
+  #dirty = false;
   #again = false;
   #stopped = false;
 
@@ -84,8 +91,17 @@ export class PlacementService {
   }
 
   start(): void {
-    this.#unsubscribe = this.#o.control.onApplied(() => this.#kick());
-    this.#timer = setInterval(() => this.#kick(), TICK_MS);
+    // Under a stream of commits a pass per applied burst would starve the node: mark and batch.
+    this.#unsubscribe = this.#o.control.onApplied(() => {
+      this.#dirty = true;
+    });
+    let ticks = 0;
+    this.#timer = setInterval(() => {
+      if (this.#dirty || ++ticks % IDLE_PASS_EVERY === 0) {
+        this.#dirty = false;
+        this.#kick();
+      }
+    }, TICK_MS);
   }
 
   stop(): void {
@@ -125,8 +141,18 @@ export class PlacementService {
   #cluster(): ClusterState {
     const state = this.#o.control.state;
     return ClusterState.fromSnapshot(
-      snapshotOf({ peers: this.#peerViews(), jobs: state.jobs(), allocations: state.allocations(), tenants: state.tenants(), now: this.#o.wallNow() }),
+      snapshotOf({ peers: this.#peerViews(), jobs: this.#holdingJobs(), allocations: state.allocations(), tenants: state.tenants(), now: this.#o.wallNow() }),
     );
+  }
+
+  /** The jobs that hold allocations: what a snapshot needs of jobs (not the whole queue). */
+  #holdingJobs(): Readonly<Job>[] {
+    const state = this.#o.control.state;
+    const ids = new Set(state.allocations().map((a) => a.jobId));
+    return [...ids].flatMap((id) => {
+      const job = state.job(id);
+      return job === undefined ? [] : [job];
+    });
   }
 
   async #pass(): Promise<void> {
@@ -165,13 +191,30 @@ export class PlacementService {
   async #placeOne(): Promise<boolean> {
     const control = this.#o.control;
     const now = this.#o.wallNow();
-    const waiting = this.queue();
-    if (waiting.length === 0) return false;
+    const capacity = this.#capacityKey();
+    const all = this.#o.control.state.waitingJobs();
+    if (this.#unfit.size > all.length) {
+      const ids = new Set(all.map((j) => j.id));
+      for (const id of this.#unfit.keys()) if (!ids.has(id)) this.#unfit.delete(id);
+    }
+    // A job that did not fit is planned again only once capacity has changed: a long queue of
+    // jobs that cannot run costs a map lookup each, not a scheduling cycle.
+    const candidates = all.filter((j) => this.#unfit.get(j.id) !== capacity && (this.#holdUntil.get(j.id) ?? 0) <= now);
+    if (candidates.length === 0) return false;
     const cluster = this.#cluster();
-    for (const job of waiting) {
-      if ((this.#holdUntil.get(job.id) ?? 0) > now) continue;
+    const started = performance.now();
+    for (const job of this.#inQueueOrder(candidates)) {
+      // Planning is synchronous: a long queue must not hold the event loop (and with it the Raft
+      // heartbeats: a leader busy for an election timeout is deposed). The rest waits a tick.
+      if (performance.now() - started > PASS_BUDGET_MS) {
+        this.#dirty = true;
+        return false;
+      }
       const result = this.#plan(cluster, job);
-      if (result === undefined || result.plan === null) continue;
+      if (result === undefined || result.plan === null) {
+        this.#unfit.set(job.id, capacity);
+        continue;
+      }
       const plan = result.plan;
       if (plan.preemptions.length > 0) {
         for (const release of toReleaseCommands(plan, { requestIdPrefix: `${job.id}:preempt:${job.epoch}`, actor: control.id, at: now })) {
@@ -205,6 +248,26 @@ export class PlacementService {
     return false;
   }
 
+  /**
+   * What a waiting job's fit depends on, short of the job itself: the schedulable peers with their
+   * state versions, and the committed allocations. Submissions and reports do not change it.
+   */
+  #capacityKey(): string {
+    const s = this.#o.control.localStatus();
+    const peers = this.#o
+      .peers()
+      .filter((p) => p.state !== undefined && p.health === 'alive')
+      .map((p) => `${p.peerId}:${p.state!.incarnation}.${p.state!.seq}`)
+      .sort()
+      .join(',');
+    const allocations = this.#o.control.state
+      .allocations()
+      .map((a) => `${a.jobId}@${a.epoch}`)
+      .sort()
+      .join(',');
+    return `${s.voters.length + s.learners.length}|${peers}|${allocations}`;
+  }
+
   /** Schedules `job` on `cluster` (read only). A restarting job tries the holders of its latest checkpoint first. */
   #requestOf(job: Readonly<Job>): ReturnType<typeof resolveRequest> | undefined {
     const spec = JobSpecSchema.safeParse(job.spec);
@@ -224,10 +287,12 @@ export class PlacementService {
 
   /** Waiting jobs in the order they are considered: priority, fair share of the tenant, age. */
   queue(): Readonly<Job>[] {
-    const state = this.#o.control.state;
-    const share = new Map(state.tenants().map((t) => [t.name, t.gpusHeld]));
-    return state
-      .jobs({ state: [...WAITING] as ('queued' | 'restarting')[] })
+    return this.#inQueueOrder(this.#o.control.state.waitingJobs());
+  }
+
+  #inQueueOrder(jobs: readonly Readonly<Job>[]): Readonly<Job>[] {
+    const share = new Map(this.#o.control.state.tenants().map((t) => [t.name, t.gpusHeld]));
+    return jobs
       .slice()
       .sort((a, b) => b.priority - a.priority || (share.get(a.tenant) ?? 0) - (share.get(b.tenant) ?? 0) || a.submittedAt - b.submittedAt || (a.id < b.id ? -1 : 1));
   }

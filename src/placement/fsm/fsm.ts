@@ -84,6 +84,8 @@ export class FabricStateMachine {
   /** High-water mark of the `at` of applied commands: leaders' clocks may differ, ours never goes back. */
   #clock = 0;
   readonly #jobs = new Map<string, Job>();
+  /** Ids of jobs in PLACEABLE_STATES, kept with every state change (the leader scans it often). */
+  readonly #waiting = new Set<string>();
   readonly #allocations = new Map<string, Allocation>();
   readonly #checkpoints = new Map<string, Checkpoint[]>();
   readonly #tenants = new Map<string, Tenant>();
@@ -185,6 +187,7 @@ export class FabricStateMachine {
     const now = this.#clock;
     // A tenant is created on first use with no limits; quotas come with tenant.upsert.
     if (!this.#tenants.has(command.tenant)) this.#tenants.set(command.tenant, this.#newTenant(command.tenant, null, null));
+    this.#waiting.add(command.jobId);
     this.#jobs.set(command.jobId, {
       id: command.jobId,
       tenant: command.tenant,
@@ -243,6 +246,8 @@ export class FabricStateMachine {
     }
     if (!HOLDING_STATES.has(to)) this.#releaseAllocations(job);
     job.state = to;
+    if (PLACEABLE_STATES.has(to)) this.#waiting.add(job.id);
+    else this.#waiting.delete(job.id);
     job.reason = reason;
     job.exitCode = exitCode;
     job.updatedAt = now;
@@ -304,6 +309,7 @@ export class FabricStateMachine {
     job.epoch = command.epoch;
     job.allocationIds = allocationIds;
     job.state = 'placed';
+    this.#waiting.delete(job.id);
     job.reason = null;
     job.exitCode = null;
     job.updatedAt = now;
@@ -506,6 +512,11 @@ export class FabricStateMachine {
   }
 
   /** Jobs matching the filter, by id. */
+  /** Jobs waiting to be placed (queued or restarting), in no particular order: O(waiting), no sort. */
+  waitingJobs(): Readonly<Job>[] {
+    return [...this.#waiting].map((id) => this.#jobs.get(id)!);
+  }
+
   jobs(filter: JobFilter = {}): Readonly<Job>[] {
     const states = filter.state === undefined ? null : new Set(typeof filter.state === 'string' ? [filter.state] : filter.state);
     return sortedValues(this.#jobs).filter(
@@ -598,7 +609,10 @@ export class FabricStateMachine {
     const fsm = new FabricStateMachine(snapshot.limits);
     fsm.#appliedIndex = snapshot.appliedIndex;
     fsm.#clock = snapshot.clock;
-    for (const job of snapshot.jobs) fsm.#jobs.set(job.id, job);
+    for (const job of snapshot.jobs) {
+      fsm.#jobs.set(job.id, job);
+      if (PLACEABLE_STATES.has(job.state)) fsm.#waiting.add(job.id);
+    }
     for (const allocation of snapshot.allocations) {
       const job = fsm.#jobs.get(allocation.jobId);
       if (job === undefined || !job.allocationIds.includes(allocation.id)) {
