@@ -156,10 +156,15 @@ describe('jobs across three daemons', () => {
   test('host killed: the job resumes on another peer from its checkpoint, healing chunks corrupted on the replicas', async () => {
     const job = join(import.meta.dirname, '..', '..', 'bench', 'recovery-job.ts');
     const id = await runJob(a, ['--', process.execPath, job, '--state-mib', '6', '--step-ms', '50', '--checkpoint-every', '10']);
+    let seen = '';
     const withCheckpoint = await waitFor('a checkpoint held by three peers', async () => {
       const j = await jobOf(a, id);
+      seen = `${j.state}, attempt ${j.attempt}, checkpoints ${JSON.stringify(j.checkpoints.map((c) => [c.step, c.holders.length]))}, reason ${j.reason}`;
       return j.state === 'running' && j.checkpoints.length > 0 && j.checkpoints.at(-1)!.holders.length === 3 ? j : undefined;
-    }, 90_000, 200);
+    }, 90_000, 200).catch(async (err: unknown) => {
+      const logs = await client(a).jobLogs(id, { stream: 'stderr' }).catch(() => undefined);
+      throw new Error(`${String(err)}; job ${seen}; stderr ${logs === undefined ? '?' : Buffer.from(logs.data, 'base64').toString('utf8').slice(-600)}`);
+    });
     const ckpt = withCheckpoint.checkpoints.at(-1)!;
     const daemons = await Promise.all([a, b, c].map(async (d) => [d, (await d.status()).peerId] as const));
     const host = daemons.find(([, p]) => p === withCheckpoint.attempts.at(-1)!.peerIds[0])![0];
