@@ -241,18 +241,20 @@ export class ControlPlane {
   }
 
   /**
-   * Asks the leader to renew this host's lease; true when it did. The leader itself holds its
-   * lease while it leads (check-quorum makes a cut-off leader step down within an election timeout).
+   * Asks the leader to renew this host's lease; returns the leader's commit index when it did
+   * (null when not). The leader itself holds its lease while it leads (check-quorum makes a
+   * cut-off leader step down within an election timeout).
    */
-  async renewLease(timeoutMs: number): Promise<boolean> {
+  async renewLease(timeoutMs: number): Promise<{ commit: number } | null> {
     const s = this.#raft.status();
-    if (s.role === 'leader') return true;
+    if (s.role === 'leader') return { commit: s.commit };
     const leader = this.leaderHint();
-    if (leader === null || leader === this.id) return false;
+    if (leader === null || leader === this.id) return null;
     try {
-      return (await callRpc(this.#o.host, leader, { t: 'lease' }, AbortSignal.timeout(timeoutMs))).ok;
+      const reply = await callRpc(this.#o.host, leader, { t: 'lease' }, AbortSignal.timeout(timeoutMs));
+      return reply.ok ? { commit: reply.index } : null;
     } catch {
-      return false;
+      return null;
     }
   }
 

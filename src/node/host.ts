@@ -1,16 +1,16 @@
-/** Builds the libp2p host: TCP, Noise, Yamux, a private network (swarm key), identify, ping, gossipsub. */
+/** Builds the libp2p host: TCP, Noise, Yamux, a private network (swarm key, psk-protector.ts), identify, ping, gossipsub. */
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
 import { noise } from '@libp2p/noise';
 import { yamux } from '@libp2p/yamux';
 import { identify } from '@libp2p/identify';
 import { ping } from '@libp2p/ping';
-import { preSharedKey } from '@libp2p/pnet';
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub';
 import type { PrivateKey } from '@libp2p/interface';
 import type { Identify } from '@libp2p/identify';
 import type { Ping } from '@libp2p/ping';
-import { swarmKeyFileText } from './identity.ts';
+import { nodeNoiseCrypto } from './noise-crypto.ts';
+import { fabricPsk } from './psk-protector.ts';
 
 export type FabricHost = Libp2p<{ identify: Identify; ping: Ping; pubsub: GossipSub }>;
 
@@ -25,10 +25,13 @@ export async function createHost(opts: HostOptions): Promise<FabricHost> {
     privateKey: opts.privateKey,
     addresses: { listen: opts.listen },
     transports: [tcp()],
-    connectionEncrypters: [noise()],
+    // Noise on OpenSSL's ChaCha20-Poly1305 with one key object per key (noise-crypto.ts).
+    connectionEncrypters: [noise({ crypto: nodeNoiseCrypto })],
     streamMuxers: [yamux()],
-    // A host without the fabric's swarm key cannot even complete a connection.
-    connectionProtector: preSharedKey({ psk: new TextEncoder().encode(swarmKeyFileText(opts.swarmKey)) }),
+    // A host without the fabric's swarm key cannot even complete a connection. Not @libp2p/pnet:
+    // its xsalsa20 WASM cipher crashes the process once a connection carries bulk data while
+    // another exists (STACK.md); psk-protector.ts does the same job on AES-256-CTR.
+    connectionProtector: fabricPsk({ swarmKey: opts.swarmKey }),
     connectionManager: {
       maxConnections: 512,
       // Many daemons on one host dial each other at once (tests, `fabric demo`); the default

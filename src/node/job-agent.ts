@@ -91,6 +91,12 @@ export class JobAgent {
   #fenced = false;
   /** Send time of the latest lease request the leader granted (wall ms). */
   #leaseAt = 0;
+  /**
+   * The leader's commit index when it granted the latest lease. New runs start only once this
+   * replica has applied that far: a host back from a freeze or a partition must first learn
+   * that its jobs were placed elsewhere meanwhile, not start them again from a stale replica.
+   */
+  #leaseIndex = 0;
   #leaseTimer: NodeJS.Timeout | undefined;
   #renewing = false;
   #stopped = false;
@@ -120,7 +126,11 @@ export class JobAgent {
     this.#renewing = true;
     try {
       const sent = Date.now();
-      if (await this.#o.control.renewLease(Math.min(1_000, this.#leaseMs / 2))) this.#leaseAt = Math.max(this.#leaseAt, sent);
+      const grant = await this.#o.control.renewLease(Math.min(1_000, this.#leaseMs / 2));
+      if (grant !== null) {
+        this.#leaseAt = Math.max(this.#leaseAt, sent);
+        this.#leaseIndex = Math.max(this.#leaseIndex, grant.commit);
+      }
     } finally {
       this.#renewing = false;
     }
@@ -200,7 +210,9 @@ export class JobAgent {
       this.#stopLocal(l, cancelled ? 'cancelled' : 'restarting', cancelled ? (job?.reason ?? 'cancelled') : 'the job was released or placed elsewhere');
     }
     for (const jobId of this.#finished.keys()) if (wanted.get(jobId)?.alloc.epoch !== this.#finished.get(jobId)) this.#finished.delete(jobId);
-    // Start what is ours and not running (once the previous run of the job has fully ended).
+    // Start what is ours and not running (once the previous run of the job has fully ended),
+    // once this replica is as recent as the leader was when it granted the lease.
+    if (status.applied < this.#leaseIndex) return;
     for (const { alloc, job } of wanted.values()) {
       if (this.#local.has(job.id) || this.#o.runner.get(job.id) !== undefined || this.#finished.get(job.id) === alloc.epoch) continue;
       this.#startRun(alloc, job);

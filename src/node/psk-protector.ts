@@ -1,6 +1,5 @@
 /**
- * A private-network connection protector on AES-256-CTR (OpenSSL, AES-NI), to take the place of
- * `@libp2p/pnet` in host.ts.
+ * A private-network connection protector to take the place of `@libp2p/pnet` in host.ts.
  *
  * Why. pnet's cipher is the `xsalsa20` package (WASM). It runs at about 440 MiB/s here, and it
  * has a memory bug (STACK.md): every instance keeps a view of the shared WASM memory, a view
@@ -8,33 +7,46 @@
  * next input. Once inputs exceed the initial memory (~0.6 MiB: any bulk transfer, where yamux
  * and Noise hand the protector everything queued at once) and two connections exist, the memory
  * grows until `WebAssembly.Memory.grow()` throws inside a socket event handler, which takes the
- * whole daemon down. Checkpoint replication triggers it within a second.
+ * whole daemon down.
  *
- * What it keeps. Like pnet, every byte after a short handshake is encrypted with a stream cipher
- * keyed from the pre-shared swarm key, so a host without the key cannot even negotiate a
- * protocol, and Noise inside provides authentication and integrity.
+ * Handshake (both sides at once, one round trip each way):
+ *   1. send  [mode byte][32-byte random nonce]
+ *   2. on the peer's: refuse another mode, refuse our own nonce echoed back, then send
+ *      proof = HMAC-SHA256(swarm key, "fabric-psk/1 proof" | role | own nonce | peer nonce)
+ *   3. check the peer's proof (with its role): a peer without the key fails here, with an error
+ *      that says so, before a single byte of Noise is exchanged. Proofs bind both fresh nonces,
+ *      so a recorded handshake cannot be replayed.
  *
- * Handshake. Each side sends 32 random bytes (its nonce) and then the first 16 bytes of its
- * encrypted stream, which are a fixed confirmation block. Each direction's key and IV are
- * HKDF-SHA256(swarm key, salt = the sender's nonce, info = "fabric-psk/1 " + the sender's role),
- * so the two directions never share a keystream and a reflected handshake does not confirm.
- * A peer with another key fails the confirmation at once with a clear error, instead of the
- * garbled Noise handshake pnet gives. The wire format differs from pnet's: every daemon of a
- * fabric must use the same protector.
+ * Modes (every daemon of a fabric must use the same one; a mismatch is refused by name):
+ *   - `encrypt` (default, what pnet gives): every byte after the handshake is AES-256-CTR
+ *     (OpenSSL, AES-NI), one key and IV per direction from HKDF-SHA256(swarm key, both nonces,
+ *     sender role). Even the protocol negotiation and the Noise handshake are hidden.
+ *   - `authenticate`: the key proof only, then the connection as it is. Noise inside still
+ *     encrypts and authenticates every stream; what an eavesdropper can see is that it is
+ *     libp2p (multistream-select and Noise handshake bytes), not what it carries. It saves one
+ *     cipher pass and one buffer copy per byte on both ends, the cheapest way for bulk data.
+ * The wire format is not pnet's: a fabric switches all its daemons at once.
  */
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, timingSafeEqual, type Cipheriv, type Decipheriv } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual, type Cipheriv, type Decipheriv } from 'node:crypto';
 import type { AbortOptions, ConnectionProtector, MessageStream, MultiaddrConnection } from '@libp2p/interface';
 import { AbstractMultiaddrConnection, byteStream } from '@libp2p/utils';
 
 export const PSK_PROTOCOL_INFO = 'fabric-psk/1';
+export type PskMode = 'encrypt' | 'authenticate';
+const MODE_BYTE: Record<PskMode, number> = { encrypt: 1, authenticate: 2 };
 const NONCE_BYTES = 32;
-const CONFIRM = new TextEncoder().encode('fabric-psk/1 ok!'); // 16 bytes
+const PROOF_BYTES = 32;
 const HANDSHAKE_TIMEOUT_MS = 5_000;
 
 type Role = 'dialer' | 'listener';
 
-function keyMaterial(psk: Uint8Array, nonce: Uint8Array, senderRole: Role): { key: Buffer; iv: Buffer } {
-  const okm = Buffer.from(hkdfSync('sha256', psk, nonce, `${PSK_PROTOCOL_INFO} ${senderRole}`, 48));
+function proof(psk: Uint8Array, role: Role, ownNonce: Uint8Array, peerNonce: Uint8Array): Buffer {
+  return createHmac('sha256', psk).update(`${PSK_PROTOCOL_INFO} proof ${role}`).update(ownNonce).update(peerNonce).digest();
+}
+
+function keyMaterial(psk: Uint8Array, dialerNonce: Uint8Array, listenerNonce: Uint8Array, senderRole: Role): { key: Buffer; iv: Buffer } {
+  const salt = Buffer.concat([dialerNonce, listenerNonce]);
+  const okm = Buffer.from(hkdfSync('sha256', psk, salt, `${PSK_PROTOCOL_INFO} stream ${senderRole}`, 48));
   return { key: okm.subarray(0, 32), iv: okm.subarray(32, 48) };
 }
 
@@ -102,11 +114,13 @@ function isMultiaddrConnection(s: MessageStream): s is MultiaddrConnection {
 
 class FabricPskProtector implements ConnectionProtector {
   readonly #psk: Uint8Array;
+  readonly #mode: PskMode;
   readonly [Symbol.toStringTag] = 'fabric-psk';
 
-  constructor(psk: Uint8Array) {
+  constructor(psk: Uint8Array, mode: PskMode) {
     if (psk.length !== 32) throw new Error(`swarm key must be 32 bytes, got ${psk.length}`);
     this.#psk = Uint8Array.from(psk);
+    this.#mode = mode;
   }
 
   async protect(connection: MessageStream, options?: AbortOptions): Promise<MessageStream> {
@@ -114,28 +128,38 @@ class FabricPskProtector implements ConnectionProtector {
     const localRole: Role = connection.direction === 'outbound' ? 'dialer' : 'listener';
     const remoteRole: Role = localRole === 'dialer' ? 'listener' : 'dialer';
     const localNonce = randomBytes(NONCE_BYTES);
-    const out = keyMaterial(this.#psk, localNonce, localRole);
-    const encrypt = createCipheriv('aes-256-ctr', out.key, out.iv);
-    const hello = Buffer.concat([localNonce, encrypt.update(CONFIRM)]);
-
     const bytes = byteStream(connection);
-    const [reply] = await Promise.all([bytes.read({ bytes: NONCE_BYTES + CONFIRM.length, signal }), bytes.write(hello, { signal })]);
-    const remote = reply.subarray();
-    const remoteNonce = remote.subarray(0, NONCE_BYTES);
-    if (timingSafeEqual(remoteNonce, localNonce)) throw new Error('fabric-psk: the peer echoed our nonce');
-    const inn = keyMaterial(this.#psk, remoteNonce, remoteRole);
-    const decrypt = createDecipheriv('aes-256-ctr', inn.key, inn.iv);
-    const confirm = decrypt.update(remote.subarray(NONCE_BYTES));
-    if (!timingSafeEqual(confirm, CONFIRM)) {
-      throw new Error('fabric-psk: the peer does not hold this fabric\'s swarm key');
+
+    const hello = Buffer.concat([Buffer.from([MODE_BYTE[this.#mode]]), localNonce]);
+    const [peerHello] = await Promise.all([bytes.read({ bytes: 1 + NONCE_BYTES, signal }), bytes.write(hello, { signal })]);
+    const peer = peerHello.subarray();
+    const peerMode = Object.entries(MODE_BYTE).find(([, b]) => b === peer[0])?.[0];
+    if (peerMode !== this.#mode) {
+      throw new Error(`fabric-psk: the peer protects connections with mode ${peerMode ?? `#${String(peer[0])}`}, this host with ${this.#mode}`);
     }
+    const remoteNonce = peer.subarray(1);
+    if (timingSafeEqual(remoteNonce, localNonce)) throw new Error('fabric-psk: the peer echoed our nonce');
+
+    const [peerProof] = await Promise.all([
+      bytes.read({ bytes: PROOF_BYTES, signal }),
+      bytes.write(proof(this.#psk, localRole, localNonce, remoteNonce), { signal }),
+    ]);
+    if (!timingSafeEqual(peerProof.subarray(), proof(this.#psk, remoteRole, remoteNonce, localNonce))) {
+      throw new Error("fabric-psk: the peer does not hold this fabric's swarm key");
+    }
+
     const inner = bytes.unwrap();
     if (!isMultiaddrConnection(inner)) throw new Error('fabric-psk: can only protect a multiaddr connection');
-    return new PskStream({ maConn: inner, encrypt, decrypt });
+    if (this.#mode === 'authenticate') return inner;
+    const dialerNonce = localRole === 'dialer' ? localNonce : remoteNonce;
+    const listenerNonce = localRole === 'dialer' ? remoteNonce : localNonce;
+    const out = keyMaterial(this.#psk, dialerNonce, listenerNonce, localRole);
+    const inn = keyMaterial(this.#psk, dialerNonce, listenerNonce, remoteRole);
+    return new PskStream({ maConn: inner, encrypt: createCipheriv('aes-256-ctr', out.key, out.iv), decrypt: createDecipheriv('aes-256-ctr', inn.key, inn.iv) });
   }
 }
 
 /** The protector factory for libp2p's `connectionProtector` option: `fabricPsk({ swarmKey })`. */
-export function fabricPsk(init: { swarmKey: Uint8Array }): () => ConnectionProtector {
-  return () => new FabricPskProtector(init.swarmKey);
+export function fabricPsk(init: { swarmKey: Uint8Array; mode?: PskMode }): () => ConnectionProtector {
+  return () => new FabricPskProtector(init.swarmKey, init.mode ?? 'encrypt');
 }

@@ -172,7 +172,8 @@ describe('consensus across six daemons', () => {
     await victim.start(['agent']);
     const back = await waitFor('the restarted peer to hold a replica again', async () => {
       const s = await statusOf(victim);
-      return s.raft.member !== 'none' && s.raft.leader === without.leader && s.raft.applied >= without.commit ? s : undefined;
+      const now = await client(daemons.find((d) => d !== victim && alive().includes(d))!).raftPeers();
+      return s.raft.member !== 'none' && s.raft.leader === now.leader && s.raft.applied >= without.commit ? s : undefined;
     }, 60_000, 300);
     expect(back.raft.member).toBe('learner');
     // It reads the fabric state from its own replica again: every job is there.

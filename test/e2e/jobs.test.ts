@@ -163,7 +163,8 @@ describe('jobs across three daemons', () => {
       return j.state === 'running' && j.checkpoints.length > 0 && j.checkpoints.at(-1)!.holders.length === 3 ? j : undefined;
     }, 90_000, 200).catch(async (err: unknown) => {
       const logs = await client(a).jobLogs(id, { stream: 'stderr' }).catch(() => undefined);
-      throw new Error(`${String(err)}; job ${seen}; stderr ${logs === undefined ? '?' : Buffer.from(logs.data, 'base64').toString('utf8').slice(-600)}`);
+      const daemonsSay = [a, b, c].map((d) => d.output.split('\n').filter((l) => /"level":(40|50)/.test(l)).slice(-6).join('\n')).join('\n---\n');
+      throw new Error(`${String(err)}; job ${seen}; stderr ${logs === undefined ? '?' : Buffer.from(logs.data, 'base64').toString('utf8').slice(-600)}\ndaemons:\n${daemonsSay}`);
     });
     const ckpt = withCheckpoint.checkpoints.at(-1)!;
     const daemons = await Promise.all([a, b, c].map(async (d) => [d, (await d.status()).peerId] as const));
