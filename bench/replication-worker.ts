@@ -12,16 +12,15 @@ import { open, rename, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
-import { silentLogger } from '../src/core/index.ts';
+import { silentLogger, type Logger } from '../src/core/index.ts';
 import { CheckpointService } from '../src/node/checkpoints.ts';
-import { createHost, type FabricHost } from '../src/node/host.ts';
-import { createTunedHost } from '../src/node/host-tuned.ts';
+import type { FabricHost } from '../src/node/host.ts';
+import { createHostVariant, type HostVariant } from '../src/node/host-variants.ts';
 
-export type HostKind = 'tuned' | 'stock';
 export type RawSink = 'memory' | 'disk';
 
 export type ToWorker =
-  | { t: 'init'; dir: string; swarmKey: number[]; hostKind: HostKind; streams: number; windowMiB: number }
+  | { t: 'init'; dir: string; swarmKey: number[]; transport: HostVariant; streams: number; windowMiB: number }
   | { t: 'raw'; sink: RawSink }
   | { t: 'stats' }
   | { t: 'stop' };
@@ -38,7 +37,9 @@ let host: FabricHost | undefined;
 let svc: CheckpointService | undefined;
 let server: net.Server | undefined;
 let rawSink: RawSink = 'memory';
+let rawBase = '';
 let rawDir = '';
+let rawRuns = 0;
 let rawSeq = 0;
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -140,13 +141,30 @@ function handleRaw(sock: net.Socket): void {
   });
 }
 
+/** FABRIC_BENCH_LOG=debug|info|warn: this replica's checkpoint log lines on stderr. */
+function workerLogger(): Logger {
+  const levels = ['debug', 'info', 'warn', 'error'];
+  const min = levels.indexOf(process.env['FABRIC_BENCH_LOG'] ?? '');
+  if (min < 0) return silentLogger;
+  const t0 = performance.now();
+  const at = (level: string) => (obj: Record<string, unknown> | string, msg?: string): void => {
+    if (levels.indexOf(level) < min) return;
+    process.stderr.write(`replica ${process.pid} ${(performance.now() - t0).toFixed(0).padStart(7)} ${level} ${typeof obj === 'string' ? obj : `${msg ?? ''} ${JSON.stringify(obj)}`}\n`);
+  };
+  const logger: Logger = { child: () => logger, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
+  return logger;
+}
+
 async function init(m: Extract<ToWorker, { t: 'init' }>): Promise<void> {
   const swarmKey = Uint8Array.from(m.swarmKey);
   const opts = { privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] };
-  host = m.hostKind === 'stock' ? await createHost(opts) : await createTunedHost(opts);
-  svc = new CheckpointService({ host, dir: join(m.dir, 'store'), log: silentLogger, reserveBytes: 0, streamsPerPeer: m.streams, windowBytes: m.windowMiB * 1024 * 1024 });
+  host = await createHostVariant(opts, m.transport);
+  const log = workerLogger();
+  host.addEventListener('connection:close', (evt) => log.debug({ peer: evt.detail.remotePeer.toString(), status: evt.detail.status }, 'connection closed'));
+  svc = new CheckpointService({ host, dir: join(m.dir, 'store'), log, reserveBytes: 0, streamsPerPeer: m.streams, windowBytes: m.windowMiB * 1024 * 1024 });
   await svc.start();
-  rawDir = join(m.dir, 'raw');
+  rawBase = m.dir;
+  rawDir = join(rawBase, 'raw-0');
   mkdirSync(rawDir, { recursive: true });
   server = net.createServer(handleRaw);
   await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
@@ -164,8 +182,13 @@ process.on('message', (m: ToWorker) => {
           return;
         case 'raw':
           rawSink = m.sink;
-          // a fresh sink directory per raw run
-          rmSync(rawDir, { recursive: true, force: true });
+          // a fresh sink directory per raw run; the last one's files go (best effort)
+          try {
+            rmSync(rawDir, { recursive: true, force: true, maxRetries: 3 });
+          } catch {
+            // removed with the whole temp directory at the end
+          }
+          rawDir = join(rawBase, `raw-${++rawRuns}`);
           mkdirSync(rawDir, { recursive: true });
           send({ t: 'raw-ready' });
           return;
@@ -188,7 +211,11 @@ process.on('message', (m: ToWorker) => {
 });
 
 process.on('uncaughtException', (err) => {
+  process.stderr.write(`replica ${process.pid}: uncaught ${err.stack ?? err.message}\n`);
   send({ t: 'error', message: `uncaught: ${err.message}` });
   process.exit(1);
+});
+process.on('unhandledRejection', (err) => {
+  process.stderr.write(`replica ${process.pid}: unhandled rejection ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
 });
 process.on('disconnect', () => process.exit(0));

@@ -24,8 +24,9 @@
  * Raw TCP runs before and after replication; `raw_tcp_mib_per_s` is their mean (both are in the
  * JSON). `ratio` = mib_per_s / raw_tcp_mib_per_s; `ratio_vs_disk` against the durable sink.
  *
- * `--host stock` builds hosts with host.ts as it is (pnet over xsalsa20) instead of the tuned
- * transport (host-tuned.ts): it shows today's stack, and how it fails.
+ * Hosts are host.ts's (`--transport fabric-psk`); `--transport fabric-psk-auth` runs the
+ * swarm-key proof without the second cipher under Noise, `--transport pnet` the @libp2p/pnet
+ * protector host.ts had before (host-variants.ts), to compare them in the same conditions.
  *
  * Everything it starts (processes, temp directories) is removed at the end and on SIGINT/SIGTERM.
  */
@@ -42,10 +43,10 @@ import { multiaddr } from '@multiformats/multiaddr';
 import { addedChunks, manifestChunks, type Manifest } from '../src/checkpoint/index.ts';
 import { silentLogger, type Logger } from '../src/core/index.ts';
 import { CheckpointService } from '../src/node/checkpoints.ts';
-import { createHost, type FabricHost } from '../src/node/host.ts';
-import { createTunedHost } from '../src/node/host-tuned.ts';
+import type { FabricHost } from '../src/node/host.ts';
+import { HOST_VARIANTS, createHostVariant, isHostVariant, type HostVariant } from '../src/node/host-variants.ts';
 import { newSwarmKey } from '../src/node/identity.ts';
-import type { FromWorker, HostKind, RawSink, ToWorker } from './replication-worker.ts';
+import type { FromWorker, RawSink, ToWorker } from './replication-worker.ts';
 
 const WORKER = join(import.meta.dirname, 'replication-worker.ts');
 const MiB = 1024 * 1024;
@@ -58,7 +59,7 @@ export interface ReplicationBenchOptions {
   changedPct: number;
   streams: number;
   windowMiB: number;
-  host: HostKind;
+  transport: HostVariant;
   dir: string | undefined;
 }
 
@@ -68,8 +69,10 @@ export const REPLICATION_USAGE = `npm run bench -- replication [--json] [options
   --changed-pct P   percent of chunks changed for the incremental checkpoint (default 10)
   --streams S       parallel push streams per peer (default 2)
   --window-mib W    unacknowledged MiB per push stream (default 32)
-  --host KIND       tuned (fabric-psk + OpenSSL Noise, host-tuned.ts) or stock (host.ts: pnet) (default tuned)
-  --dir PATH        where to put the temp directory (default the OS temp dir)`;
+  --transport T     fabric-psk (host.ts as it is), fabric-psk-auth (swarm-key proof, then Noise alone)
+                    or pnet (@libp2p/pnet, host.ts before psk-protector.ts) (default fabric-psk)
+  --dir PATH        where to put the temp directory (default the OS temp dir)
+  FABRIC_BENCH_LOG=debug|info|warn prints the checkpoint services' log lines on stderr`;
 
 export function parseReplicationArgs(args: string[]): ReplicationBenchOptions {
   const { values } = parseArgs({
@@ -81,7 +84,7 @@ export function parseReplicationArgs(args: string[]): ReplicationBenchOptions {
       'changed-pct': { type: 'string', default: '10' },
       streams: { type: 'string', default: '2' },
       'window-mib': { type: 'string', default: '32' },
-      host: { type: 'string', default: 'tuned' },
+      transport: { type: 'string', default: 'fabric-psk' },
       dir: { type: 'string' },
     },
   });
@@ -90,14 +93,15 @@ export function parseReplicationArgs(args: string[]): ReplicationBenchOptions {
     if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
     return n;
   };
-  if (values.host !== 'tuned' && values.host !== 'stock') throw new Error(`--host must be tuned or stock, got ${values.host}`);
+  const transport = values.transport;
+  if (!isHostVariant(transport)) throw new Error(`--transport must be one of ${HOST_VARIANTS.join(', ')}, got ${transport}`);
   return {
     sizeMiB: int('size-mib', values['size-mib'], 1, 64 * 1024),
     peers: int('peers', values.peers, 1, 8),
     changedPct: int('changed-pct', values['changed-pct'], 1, 100),
     streams: int('streams', values.streams, 1, 16),
     windowMiB: int('window-mib', values['window-mib'], 17, 64),
-    host: values.host,
+    transport,
     dir: values.dir,
   };
 }
@@ -110,18 +114,20 @@ interface Worker {
   next(): Promise<FromWorker>;
 }
 
-function startWorker(dir: string, swarmKey: Uint8Array, o: ReplicationBenchOptions): Promise<Worker> {
+function startWorker(dir: string, swarmKey: Uint8Array, o: ReplicationBenchOptions, progress: (line: string) => void): Promise<Worker> {
   const child = fork(WORKER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const inbox: FromWorker[] = [];
   const waiting: ((m: FromWorker) => void)[] = [];
   let exited: string | undefined;
   child.on('message', (m: FromWorker) => {
+    if (m.t === 'error') progress(`replication: replica ${child.pid}: ${m.message}`);
     const w = waiting.shift();
     if (w) w(m);
     else inbox.push(m);
   });
   child.on('exit', (code, signal) => {
     exited = `replica process exited (${signal ?? code})`;
+    if (signal !== 'SIGKILL' && code !== 0) progress(`replication: replica ${child.pid}: ${exited}`);
     for (const w of waiting.splice(0)) w({ t: 'error', message: exited });
   });
   const next = (): Promise<FromWorker> => {
@@ -130,7 +136,7 @@ function startWorker(dir: string, swarmKey: Uint8Array, o: ReplicationBenchOptio
     if (exited !== undefined) return Promise.resolve({ t: 'error', message: exited });
     return new Promise((r) => waiting.push(r));
   };
-  const msg: ToWorker = { t: 'init', dir, swarmKey: [...swarmKey], hostKind: o.host, streams: o.streams, windowMiB: o.windowMiB };
+  const msg: ToWorker = { t: 'init', dir, swarmKey: [...swarmKey], transport: o.transport, streams: o.streams, windowMiB: o.windowMiB };
   child.send(msg);
   return next().then((m) => {
     if (m.t !== 'ready') throw new Error(`replica did not start: ${m.t === 'error' ? m.message : m.t}`);
@@ -256,6 +262,8 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  // an uncaught exception ends the process without running `finally`: clean up on the way out
+  process.once('exit', cleanup);
   const load0 = os.loadavg()[0]!;
   try {
     const swarmKey = newSwarmKey();
@@ -265,11 +273,14 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     await writeRandomFile(join(ck, 'model.bin'), o.sizeMiB * MiB, 'replication bench');
     writeFileSync(join(ck, 'meta', 'trainer_state.json'), JSON.stringify({ step: 1000 }));
 
-    io.progress(`replication: starting ${o.peers} replica processes (${o.host} host)`);
-    for (let i = 0; i < o.peers; i++) workers.push(await startWorker(join(root, `peer-${i}`), swarmKey, o));
+    io.progress(`replication: starting ${o.peers} replica processes (${o.transport} transport)`);
+    for (let i = 0; i < o.peers; i++) workers.push(await startWorker(join(root, `peer-${i}`), swarmKey, o, io.progress));
     const hostOpts = { privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] };
-    const host = o.host === 'stock' ? await createHost(hostOpts) : await createTunedHost(hostOpts);
+    const host = await createHostVariant(hostOpts, o.transport);
     hosts.push(host);
+    const dbg = benchLogger();
+    host.addEventListener('connection:close', (evt) => dbg.debug({ peer: evt.detail.remotePeer.toString(), status: evt.detail.status }, 'connection closed'));
+    host.addEventListener('connection:open', (evt) => dbg.debug({ peer: evt.detail.remotePeer.toString() }, 'connection opened'));
     const svc = new CheckpointService({ host, dir: join(root, 'writer-store'), log: benchLogger(), reserveBytes: 0, streamsPerPeer: o.streams, windowBytes: o.windowMiB * MiB });
     await svc.start();
     for (const w of workers) await host.dial(w.addrs.map((a) => multiaddr(a)));
@@ -283,10 +294,21 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     io.progress(`replication: committed ${ckMiB.toFixed(0)} MiB as ${c1.chunks} chunks in ${commitS.toFixed(2)} s`);
     const ids = [...manifestChunks(c1.manifest).keys()];
 
+    /** CPU seconds of the writer and of every replica process while `fn` runs. */
+    const cpuOf = async (fn: () => Promise<void>): Promise<{ writer: number; peers: number[] }> => {
+      const w0 = process.cpuUsage();
+      const p0 = await Promise.all(workers.map((w) => ask(w, { t: 'stats' }, 'stats')));
+      await fn();
+      const w1 = process.cpuUsage(w0);
+      const p1 = await Promise.all(workers.map((w) => ask(w, { t: 'stats' }, 'stats')));
+      return { writer: (w1.user + w1.system) / 1e6, peers: p1.map((p, i) => (p.cpuMs - p0[i]!.cpuMs) / 1000) };
+    };
+    let rawCpu: { writer: number; peers: number[] } | undefined;
     const rawRun = async (sink: RawSink): Promise<number> => {
       for (const w of workers) await ask(w, { t: 'raw', sink }, 'raw-ready');
       const t0 = performance.now();
-      await rawTcp(svc.store, ids, workers.map((w) => w.rawPort));
+      const cpu = await cpuOf(() => rawTcp(svc.store, ids, workers.map((w) => w.rawPort)));
+      if (sink === 'memory') rawCpu ??= cpu;
       const mibs = ckMiB / ((performance.now() - t0) / 1000);
       io.progress(`replication: raw TCP (${sink} sink) to ${o.peers} peers: ${mibs.toFixed(0)} MiB/s`);
       return mibs;
@@ -341,7 +363,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     const load1 = os.loadavg()[0]!;
     return {
       bench: 'replication',
-      host: o.host,
+      transport: o.transport,
       size_mib: round1(ckMiB),
       peers: o.peers,
       chunks: c1.chunks,
@@ -365,6 +387,11 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
       restore_verified: restoredOk,
       writer_cpu_s: round3((cpu.user + cpu.system) / 1e6),
       peer_cpu_s: peerCpu1.map((p, i) => round3((p.cpuMs - peerCpu0[i]!.cpuMs) / 1000)),
+      raw_tcp_writer_cpu_s: round3(rawCpu?.writer ?? 0),
+      raw_tcp_peer_cpu_s: (rawCpu?.peers ?? []).map(round3),
+      // CPU seconds all processes spent per GiB: unlike MiB/s, hardly moved by other load on the machine
+      cpu_s_per_gib: round3((((cpu.user + cpu.system) / 1e6 + peerCpu1.reduce((a, p, i) => a + (p.cpuMs - peerCpu0[i]!.cpuMs) / 1000, 0)) * 1024) / ckMiB),
+      raw_tcp_cpu_s_per_gib: round3((((rawCpu?.writer ?? 0) + (rawCpu?.peers ?? []).reduce((a, b) => a + b, 0)) * 1024) / ckMiB),
       peer_rss_mib: peerCpu1.map((p) => round1(p.rssMiB)),
       cpu_cores: os.cpus().length,
       load_avg_1m: [round1(load0), round1(load1)],
@@ -374,6 +401,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('exit', cleanup);
     for (const w of workers) {
       try {
         w.child.send({ t: 'stop' } satisfies ToWorker);
@@ -395,7 +423,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
 
 export function replicationTable(f: Record<string, unknown>): string {
   const rows: [string, unknown][] = [
-    ['checkpoint', `${String(f['size_mib'])} MiB, ${String(f['chunks'])} chunks, ${String(f['peers'])} peers, ${String(f['host'])} host`],
+    ['checkpoint', `${String(f['size_mib'])} MiB, ${String(f['chunks'])} chunks, ${String(f['peers'])} peers, ${String(f['transport'])} transport`],
     ['libp2p replication', `${String(f['mib_per_s'])} MiB/s`],
     ['raw TCP (same bytes)', `${String(f['raw_tcp_mib_per_s'])} MiB/s (runs ${JSON.stringify(f['raw_tcp_runs_mib_per_s'])})`],
     ['ratio', `${String(f['ratio'])} (target >= ${REPLICATION_TARGETS.ratio})`],
@@ -404,6 +432,7 @@ export function replicationTable(f: Record<string, unknown>): string {
     ['commit', `${String(f['commit_mib_per_s'])} MiB/s`],
     ['restore', `${String(f['restore_mib_per_s'])} MiB/s from ${String(f['peers'])} holders`],
     ['cpu (s)', `writer ${String(f['writer_cpu_s'])}, peers ${JSON.stringify(f['peer_cpu_s'])} on ${String(f['cpu_cores'])} cores, load ${JSON.stringify(f['load_avg_1m'])}`],
+    ['cpu s per GiB', `libp2p ${String(f['cpu_s_per_gib'])}, raw TCP ${String(f['raw_tcp_cpu_s_per_gib'])}`],
   ];
   const w = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${String(v)}`).join('\n');

@@ -109,6 +109,8 @@ export class ChunkStore {
   #bytes = 0;
   #quarantined = 0;
   #tmpSeq = 0;
+  /** Fan-out directories known to exist (made once, not per write). */
+  readonly #fanDirs = new Set<string>();
   readonly #tmpPrefix = `${process.pid}-${randomBytes(4).toString('hex')}`;
 
   private constructor(dir: string, log: Logger) {
@@ -259,7 +261,10 @@ export class ChunkStore {
         const { id, data } = batch[i]!;
         const size = bytesOf(data);
         const dir = join(this.dir, 'chunks', id.slice(0, 2));
-        if (!dirs.has(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
+        if (!this.#fanDirs.has(dir)) {
+          mkdirSync(dir, { recursive: true, mode: 0o700 });
+          this.#fanDirs.add(dir);
+        }
         dirs.add(dir);
         await rename(tmps[i]!, this.chunkPath(id));
         if (!this.#chunks.has(id)) {
@@ -270,6 +275,7 @@ export class ChunkStore {
       await Promise.all([...dirs].map((d) => fsyncDirAsync(d)));
       return batch.length;
     } catch (err) {
+      this.#fanDirs.clear(); // in case a directory went away under us
       await Promise.all(tmps.map((t) => rm(t, { force: true })));
       throw new FabricError('INTERNAL', `cannot store chunks: ${errorMessage(err)}`, { cause: err });
     }

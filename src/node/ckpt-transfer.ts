@@ -11,13 +11,14 @@
  *   offer     {t:'offer', manifest}           → {t:'need', bits} | refused      store the manifest, say which chunks are lacking
  *   push      {t:'push', manifestId} chunk* end → stored* done | refused        chunks of an offered manifest
  *   fetch     {t:'fetch', ids}                → (chunk | miss)* end              chunks, verified on read
+ *   manifest  {t:'manifest', manifestId}      → manifest | miss
+ *   check     {t:'check', manifestId}         → {t:'check', hasManifest, missing}
  *
  * A chunk travels as a frame {t:'chunk', id, size} followed by exactly `size` raw bytes (not
  * msgpack): the size is checked (against the manifest or the request) before the bytes are
  * read, the bytes are hashed and written as the pieces they arrived in, never copied into one
- * buffer or through msgpack.
- *   manifest  {t:'manifest', manifestId}      → manifest | miss
- *   check     {t:'check', manifestId}         → {t:'check', hasManifest, missing}
+ * buffer or through msgpack. Memory is bounded per stream (its window) and for all inbound
+ * streams together (`inboundBufferBytes`).
  *
  * Replication (`replicate`): offer the manifest to every target at once, then read each chunk
  * some target lacks once from the local store (verified) and hand it to every target that lacks
@@ -787,28 +788,32 @@ export class CkptTransfer {
     let writeError: unknown;
     let stored = 0;
     // Writes what is queued (everything queued when it starts, then again), then acknowledges it.
-    const pump = (): void => {
-      if (writing !== undefined) return;
-      writing = (async () => {
-        try {
-          while (queue.length > 0 && writeError === undefined) {
-            const batch = queue.splice(0);
-            try {
-              await this.#store.putMany(batch, { verified: true });
-            } finally {
-              for (const c of batch) this.#budget.give(c.size);
-            }
-            stored += batch.length;
-            for (const c of batch) unacked -= c.size;
-            await conn.write({ t: 'stored', ids: batch.map((c) => c.id) }, signal);
+    const drain = async (): Promise<void> => {
+      try {
+        while (queue.length > 0 && writeError === undefined) {
+          const batch = queue.splice(0);
+          try {
+            await this.#store.putMany(batch, { verified: true });
+          } finally {
+            for (const c of batch) this.#budget.give(c.size);
           }
-        } catch (err) {
-          writeError = err;
-          conn.abort(`storing chunks failed: ${errorMessage(err)}`);
-        } finally {
-          writing = undefined;
+          stored += batch.length;
+          for (const c of batch) unacked -= c.size;
+          await conn.write({ t: 'stored', ids: batch.map((c) => c.id) }, signal);
         }
-      })();
+      } catch (err) {
+        writeError = err;
+        conn.abort(`storing chunks failed: ${errorMessage(err)}`);
+      }
+    };
+    const pump = (): void => {
+      if (writing !== undefined || queue.length === 0) return;
+      // Cleared in a later microtask, never before it is assigned; what was queued after the
+      // drain loop looked last is picked up by the next round.
+      writing = drain().finally(() => {
+        writing = undefined;
+        if (writeError === undefined) pump();
+      });
     };
     try {
       for (;;) {
@@ -829,8 +834,11 @@ export class CkptTransfer {
         if (!conn.hasFrame() || queue.length >= 16) pump();
         if (writeError !== undefined) throw writeError;
       }
-      pump();
-      while (writing !== undefined) await writing;
+      for (;;) {
+        pump();
+        if (writing === undefined) break;
+        await writing;
+      }
       if (writeError !== undefined) throw writeError;
       await conn.write({ t: 'done', stored }, signal);
     } finally {

@@ -1,8 +1,6 @@
 /**
- * `/fabric/ckpt/1` between real libp2p hosts on loopback (TCP, Noise, yamux, swarm key), each
- * with its own chunk store, in one process. The hosts come from createTunedHost (host.ts with
- * the fabric-psk protector): with host.ts's pnet, a bulk transfer between hosts of one process
- * crashes it in the xsalsa20 WASM cipher (see src/node/psk-protector.ts).
+ * `/fabric/ckpt/1` between real libp2p hosts (host.ts: TCP, fabric-psk swarm key, Noise, yamux)
+ * on loopback, each with its own chunk store, in one process.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,8 +13,7 @@ import { addedChunks, manifestChunks, type ChunkingParams, type Manifest } from 
 import type { Logger } from '../../src/core/index.ts';
 import { CheckpointService } from '../../src/node/checkpoints.ts';
 import { CKPT_PROTOCOL, type ReplicateProgress } from '../../src/node/ckpt-transfer.ts';
-import type { FabricHost } from '../../src/node/host.ts';
-import { createTunedHost } from '../../src/node/host-tuned.ts';
+import { createHost, type FabricHost } from '../../src/node/host.ts';
 import { newSwarmKey } from '../../src/node/identity.ts';
 import { decodeFrame, encodeFrame } from '../../src/node/wire.ts';
 import { pseudoRandomBytes, sha256 } from '../checkpoint/util.ts';
@@ -54,7 +51,7 @@ const extraHosts: Libp2p[] = [];
 let refuseFrom: string | undefined;
 
 async function startPeer(name: string, extra: { inboundBufferBytes?: number } = {}): Promise<Peer> {
-  const host = await createTunedHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
+  const host = await createHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
   const logs: LogLine[] = [];
   const svc = new CheckpointService({
     host,
@@ -267,7 +264,7 @@ describe('a hostile peer on /fabric/ckpt/1', () => {
   const target = (): Peer => r2;
 
   beforeAll(async () => {
-    intruder = await createTunedHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
+    intruder = await createHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
     extraHosts.push(intruder);
     await introduceAll();
   });
@@ -343,6 +340,21 @@ describe('a hostile peer on /fabric/ckpt/1', () => {
     expect(await writer.svc.transfer.check(small.id, second.manifestId)).toEqual({ hasManifest: false, missing: 0 });
   });
 
+  it('answers done to a pusher that waits for every acknowledgement before it ends', async () => {
+    // Regression: the server's writer had gone idle when `end` came, and the end of the push spun forever.
+    const stream: Stream = await intruder.dialProtocol(target().host.peerId, CKPT_PROTOCOL, { signal: AbortSignal.timeout(5_000) });
+    const lp = lpStream(stream, { maxDataLength: 1 << 20 });
+    const [cid, size] = [...manifestChunks(second.manifest)][1]!;
+    const data = await target().svc.store.get(cid);
+    await lp.write(encodeFrame({ t: 'push', manifestId: second.manifestId }));
+    await lp.write(encodeFrame({ t: 'chunk', id: cid, size }));
+    stream.send(data);
+    expect(decodeFrame((await lp.read()).subarray(), z.unknown(), 'ack')).toEqual({ t: 'stored', ids: [cid] });
+    await lp.write(encodeFrame({ t: 'end' }));
+    expect(decodeFrame((await lp.read()).subarray(), z.unknown(), 'done')).toEqual({ t: 'done', stored: 1 });
+    await stream.close().catch(() => {});
+  });
+
   it('keeps serving after all that', async () => {
     const ids = [...manifestChunks(second.manifest).keys()];
     const answer = await writer.svc.transfer.have(target().id, ids);
@@ -352,7 +364,7 @@ describe('a hostile peer on /fabric/ckpt/1', () => {
 
   it('falls back to another holder when one sends bytes that do not match the chunk id', async () => {
     // A holder that claims everything and answers every fetch with wrong bytes.
-    const liar = await createTunedHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
+    const liar = await createHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
     extraHosts.push(liar);
     await liar.handle(CKPT_PROTOCOL, async (stream) => {
       const lp = lpStream(stream, { maxDataLength: 64 << 20 });

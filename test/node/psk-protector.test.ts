@@ -1,6 +1,6 @@
 /**
- * The fabric-psk connection protector and the OpenSSL Noise cipher (the transport changes
- * proposed for host.ts in host-tuned.ts), on real hosts over loopback TCP.
+ * The fabric-psk connection protector (both modes) and the OpenSSL Noise cipher, on real hosts
+ * over loopback TCP: host.ts's host, and its variants of host-variants.ts.
  */
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Libp2p, Stream } from '@libp2p/interface';
@@ -9,9 +9,9 @@ import { tcp } from '@libp2p/tcp';
 import { yamux } from '@libp2p/yamux';
 import { createLibp2p } from 'libp2p';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createTunedHost } from '../../src/node/host-tuned.ts';
+import { createHostVariant } from '../../src/node/host-variants.ts';
 import { newSwarmKey } from '../../src/node/identity.ts';
-import { fabricPsk } from '../../src/node/psk-protector.ts';
+import { fabricPsk, type PskMode } from '../../src/node/psk-protector.ts';
 import { pseudoRandomBytes, sha256 } from '../checkpoint/util.ts';
 
 const ECHO = '/fabric-test/sink/1';
@@ -20,8 +20,8 @@ afterAll(async () => {
   for (const h of hosts) await h.stop();
 });
 
-async function tuned(swarmKey: Uint8Array): Promise<Libp2p> {
-  const h = await createTunedHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
+async function tuned(swarmKey: Uint8Array, pskMode: PskMode = 'encrypt'): Promise<Libp2p> {
+  const h = await createHostVariant({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] }, pskMode === 'encrypt' ? 'fabric-psk' : 'fabric-psk-auth');
   hosts.push(h);
   return h;
 }
@@ -98,13 +98,39 @@ describe('fabric-psk protector', () => {
     expect(await sendAndDigest(b, a, data)).toBe(sha256(data));
   });
 
-  it('refuses a host with another swarm key, saying why', async () => {
-    const a = await tuned(key);
-    const stranger = await tuned(newSwarmKey());
+  /** The dial error with its causes, as one string. */
+  const explain = (err: unknown): string => {
+    const parts: string[] = [];
+    for (let e: unknown = err; e instanceof Error && parts.length < 5; e = (e as { cause?: unknown }).cause) parts.push(e.message);
+    if (err instanceof AggregateError) for (const x of err.errors) parts.push(explain(x));
+    return parts.join(' / ');
+  };
+
+  for (const mode of ['encrypt', 'authenticate'] as const) {
+    it(`refuses a host with another swarm key, saying why (${mode})`, async () => {
+      const a = await tuned(key, mode);
+      const stranger = await tuned(newSwarmKey(), mode);
+      await serveDigest(a);
+      const err = await stranger.dial(a.getMultiaddrs(), { signal: AbortSignal.timeout(5_000) }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      expect(explain(err)).toMatch(/does not hold this fabric's swarm key/);
+      expect(a.getConnections(stranger.peerId)).toHaveLength(0);
+    });
+  }
+
+  it('in authenticate mode, proves the key and then carries bulk data under Noise alone', async () => {
+    const a = await tuned(key, 'authenticate');
+    const b = await tuned(key, 'authenticate');
+    await serveDigest(b);
+    const data = pseudoRandomBytes(8 * 1024 * 1024 + 5, 'auth-mode');
+    expect(await sendAndDigest(a, b, data)).toBe(sha256(data));
+  });
+
+  it('refuses a peer that uses the other mode, naming both', async () => {
+    const a = await tuned(key, 'encrypt');
+    const b = await tuned(key, 'authenticate');
     await serveDigest(a);
-    const err = await stranger.dial(a.getMultiaddrs(), { signal: AbortSignal.timeout(5_000) }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(Error);
-    expect(String((err as Error).message) + String((err as { cause?: unknown }).cause ?? '')).toMatch(/swarm key|fabric-psk/);
-    expect(a.getConnections(stranger.peerId)).toHaveLength(0);
+    const err = await b.dial(a.getMultiaddrs(), { signal: AbortSignal.timeout(5_000) }).catch((e: unknown) => e);
+    expect(explain(err)).toMatch(/mode encrypt, this host with authenticate/);
   });
 });
