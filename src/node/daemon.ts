@@ -526,7 +526,14 @@ export class Daemon {
     // A finished job's output grows no more: no point holding the answer.
     const waitMs = ['placed', 'running', 'restarting'].includes(job.state) ? q.wait : 0;
     const req = { jobId, stream: q.stream, from: q.from ?? null, tailBytes: q.tail, waitMs };
-    const chunk = peerId === this.peerId ? await readJobLog((id) => this.#agent.logDir(id), req) : await fetchJobLog(this.#host, peerId, req, AbortSignal.timeout(q.wait + 10_000));
+    const chunk =
+      peerId === this.peerId
+        ? await readJobLog((id) => this.#agent.logDir(id), req)
+        : await fetchJobLog(this.#host, peerId, req, AbortSignal.timeout(q.wait + 10_000)).catch((err: unknown) => {
+            if (err instanceof FabricError) throw err;
+            // The job's host is down (it may be restarting elsewhere): the caller retries.
+            throw new FabricError('DAEMON_UNREACHABLE', `the peer that ran job ${jobId} (${peerId}) does not answer: ${errorMessage(err)}`);
+          });
     return { jobId, peerId, attempt: last.attempt, state: job.state, start: chunk.start, end: chunk.end, dropped: chunk.dropped, size: chunk.size, data: Buffer.from(chunk.data).toString('base64') };
   }
 
