@@ -148,10 +148,14 @@ describe('consensus across six daemons', () => {
       for (const [name, ids] of byName) expect(ids, `job ${name}`).toHaveLength(1);
     }
     // The restarted hosts are voters again: the group is back to five.
+    let last = '';
     const group = await waitFor('five voters again', async () => {
       const r: RaftPeersResponse = await client(alive()[0]!).raftPeers();
+      last = JSON.stringify(r.peers.map((p) => [p.peerId.slice(-6), p.role, p.health, p.lag]));
       return r.peers.filter((p) => p.role === 'voter' && p.health === 'alive').length === 5 ? r : undefined;
-    }, 60_000, 300);
+    }, 120_000, 300).catch((err: unknown) => {
+      throw new Error(`${String(err)}; group last seen ${last}`);
+    });
     expect(group.peers.filter((p) => p.leader)).toHaveLength(1);
   }, 240_000);
 
