@@ -6,7 +6,7 @@ import { yamux } from '@libp2p/yamux';
 import { identify } from '@libp2p/identify';
 import { ping } from '@libp2p/ping';
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub';
-import type { PrivateKey } from '@libp2p/interface';
+import type { ConnectionProtector, PrivateKey } from '@libp2p/interface';
 import type { Identify } from '@libp2p/identify';
 import type { Ping } from '@libp2p/ping';
 import { nodeNoiseCrypto } from './noise-crypto.ts';
@@ -18,6 +18,8 @@ export interface HostOptions {
   privateKey: PrivateKey;
   swarmKey: Uint8Array;
   listen: string[];
+  /** Another private-network protector (benchmarks comparing transports: host-variants.ts); default fabric-psk. */
+  protector?: () => ConnectionProtector;
 }
 
 export async function createHost(opts: HostOptions): Promise<FabricHost> {
@@ -31,7 +33,7 @@ export async function createHost(opts: HostOptions): Promise<FabricHost> {
     // A host without the fabric's swarm key cannot even complete a connection. Not @libp2p/pnet:
     // its xsalsa20 WASM cipher crashes the process once a connection carries bulk data while
     // another exists (STACK.md); psk-protector.ts does the same job on AES-256-CTR.
-    connectionProtector: fabricPsk({ swarmKey: opts.swarmKey }),
+    connectionProtector: opts.protector ?? fabricPsk({ swarmKey: opts.swarmKey }),
     connectionManager: {
       maxConnections: 512,
       // Many daemons on one host dial each other at once (tests, `fabric demo`); the default
