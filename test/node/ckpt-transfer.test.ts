@@ -10,7 +10,6 @@ import type { Libp2p, Stream } from '@libp2p/interface';
 import { lpStream } from '@libp2p/utils';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addedChunks, manifestChunks, type ChunkingParams, type Manifest } from '../../src/checkpoint/index.ts';
-import type { Logger } from '../../src/core/index.ts';
 import { CheckpointService } from '../../src/node/checkpoints.ts';
 import { CKPT_PROTOCOL, type ReplicateProgress } from '../../src/node/ckpt-transfer.ts';
 import { createHost, type FabricHost } from '../../src/node/host.ts';
@@ -18,20 +17,8 @@ import { newSwarmKey } from '../../src/node/identity.ts';
 import { decodeFrame, encodeFrame } from '../../src/node/wire.ts';
 import { pseudoRandomBytes, sha256 } from '../checkpoint/util.ts';
 import { z } from 'zod';
+import { recordingLogger, type LogLine } from '../support/logger.ts';
 
-interface LogLine {
-  level: string;
-  fields: Record<string, unknown>;
-  msg: string;
-}
-
-function recordingLogger(lines: LogLine[]): Logger {
-  const at = (level: string) => (obj: Record<string, unknown> | string, msg?: string): void => {
-    lines.push(typeof obj === 'string' ? { level, fields: {}, msg: obj } : { level, fields: obj, msg: msg ?? '' });
-  };
-  const logger: Logger = { child: () => logger, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
-  return logger;
-}
 
 /** 64 KiB chunks: a few MiB make dozens of chunks, so "10% changed" is meaningful. */
 const CHUNKING: ChunkingParams = { minSize: 32 * 1024, avgSize: 64 * 1024, maxSize: 256 * 1024 };

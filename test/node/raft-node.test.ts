@@ -11,12 +11,13 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { PrivateKey } from '@libp2p/interface';
 import { lpStream } from '@libp2p/utils';
 import { afterAll, describe, expect, it } from 'vitest';
-import { isFabricError, type Logger } from '../../src/core/index.ts';
+import { isFabricError } from '../../src/core/index.ts';
 import { createHost, type FabricHost } from '../../src/node/host.ts';
 import { newSwarmKey } from '../../src/node/identity.ts';
 import { RaftNode, type StateMachine } from '../../src/node/raft-node.ts';
 import { MAX_RAFT_FRAME_BYTES, RAFT_PROTOCOL } from '../../src/node/raft-wire.ts';
 import { encodeFrame } from '../../src/node/wire.ts';
+import { recordingLogger, type LogLine } from '../support/logger.ts';
 
 /** The replicated state: every applied command, in order. */
 class HistoryMachine implements StateMachine {
@@ -38,19 +39,6 @@ class HistoryMachine implements StateMachine {
   }
 }
 
-interface LogLine {
-  level: string;
-  fields: Record<string, unknown>;
-  msg: string;
-}
-
-function recordingLogger(lines: LogLine[]): Logger {
-  const at = (level: string) => (obj: Record<string, unknown> | string, msg?: string): void => {
-    lines.push(typeof obj === 'string' ? { level, fields: {}, msg: obj } : { level, fields: obj, msg: msg ?? '' });
-  };
-  const logger: Logger = { child: () => logger, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
-  return logger;
-}
 
 interface Member {
   name: string;
