@@ -37,6 +37,8 @@ import type { ControlPlane, CommandRequest } from './control-plane.ts';
 export const DEFAULT_LEASE_MS = 2_000;
 /** How often a host asks the leader to renew its lease. */
 const LEASE_RENEW_MS = 250;
+/** How often the supervisors' leases are passed on (each renewal grants only what remains). */
+const RENEW_SUPERVISORS_MS = 100;
 /** SIGTERM to SIGKILL when fenced: short, the job may already run elsewhere soon. */
 export const FENCE_STOP_GRACE_MS = 500;
 
@@ -97,6 +99,8 @@ export class JobAgent {
    * that its jobs were placed elsewhere meanwhile, not start them again from a stale replica.
    */
   #leaseIndex = 0;
+  /** When the supervisors' leases were last renewed (wall ms). */
+  #renewedAt = 0;
   #leaseTimer: NodeJS.Timeout | undefined;
   #renewing = false;
   #stopped = false;
@@ -191,7 +195,11 @@ export class JobAgent {
     }
     if (this.#fenced) this.#log.info({}, 'in touch with the raft leader again');
     this.#fenced = false;
-    this.#o.renewLeases(this.#leaseAt + this.#leaseMs - Date.now());
+    // Reconciles run on every burst of applied entries; the supervisors need a renewal far less often.
+    if (Date.now() - this.#renewedAt >= RENEW_SUPERVISORS_MS) {
+      this.#renewedAt = Date.now();
+      this.#o.renewLeases(this.#leaseAt + this.#leaseMs - Date.now());
+    }
     this.#flushReports();
 
     const state = control.state;
