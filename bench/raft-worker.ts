@@ -21,7 +21,9 @@ export type ToRaftWorker =
   /** A steady writer that reports every acknowledged write (for failover and loss accounting). */
   | { t: 'trickle'; on: boolean; pauseMs: number }
   /** Looks up acknowledged jobs in this replica after a read barrier. */
-  | { t: 'verify'; id: number; jobIds: string[] };
+  | { t: 'verify'; id: number; jobIds: string[] }
+  /** Ends the process gracefully (daemon stopped, so a CPU profile gets written). */
+  | { t: 'exit' };
 
 export interface WorkerStatus {
   peerId: string;
@@ -76,7 +78,18 @@ async function start(msg: Extract<ToRaftWorker, { t: 'start' }>): Promise<void> 
   if (msg.mode === 'join') await joinDataDir({ dataDir: msg.dataDir, flags, token: msg.token!, defaults });
   daemon = await Daemon.start({ dataDir: msg.dataDir, log: createLogger(msg.logLevel), rediscoverMs: 2_000_000_000 });
   watchLeadership(daemon);
+  if (process.env['FABRIC_BENCH_STALLS'] === '1') reportStalls(daemon.peerId.slice(-6));
   send({ t: 'up', peerId: daemon.peerId, token: daemon.joinToken() });
+}
+
+/** For finding the cause of a slow failover: prints every event-loop stall over 100 ms (stderr). */
+function reportStalls(name: string): void {
+  let last = performance.now();
+  setInterval(() => {
+    const now = performance.now();
+    if (now - last > 110) process.stderr.write(`[stall] ${name} ${Math.round(now - last)} ms ending at ${new Date(wallNow()).toISOString()} role ${daemon!.control.localStatus().role}\n`);
+    last = now;
+  }, 10).unref();
 }
 
 /** Reports the moment this node, newly leader, has committed an entry of its own term. */
@@ -195,6 +208,10 @@ process.on('message', (raw) => {
       break;
     case 'verify':
       void verify(msg.jobIds).then((r) => send({ t: 'verified', id: msg.id, ...r }));
+      break;
+    case 'exit':
+      trickleOn = false;
+      void (daemon?.stop() ?? Promise.resolve()).finally(() => process.exit(0));
       break;
   }
 });

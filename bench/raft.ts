@@ -37,6 +37,8 @@ export interface RaftBenchOptions {
   rate: number;
   loadS: number;
   logLevel: LogLevel;
+  /** Write a V8 CPU profile of every daemon process to this dir (the survivors end gracefully). */
+  profileDir?: string;
 }
 
 export const RAFT_USAGE = `npm run bench -- raft [--json] [options]
@@ -45,7 +47,9 @@ export const RAFT_USAGE = `npm run bench -- raft [--json] [options]
   --concurrency C   writers in the throughput phase (default 256)
   --rate R          commits/s offered in the latency phase (default 200)
   --load-s S        length of the throughput and latency phases (default 10)
-  --log-level L     daemon log level on stderr (default error)`;
+  --log-level L     daemon log level on stderr (default error)
+  --profile DIR     write a CPU profile (.cpuprofile) of every daemon process into DIR; the
+                    processes alive at the end exit gracefully so theirs are complete`;
 
 export function parseRaftArgs(args: string[]): RaftBenchOptions {
   const { values } = parseArgs({
@@ -57,6 +61,7 @@ export function parseRaftArgs(args: string[]): RaftBenchOptions {
       rate: { type: 'string', default: '200' },
       'load-s': { type: 'string', default: '10' },
       'log-level': { type: 'string', default: 'error' },
+      profile: { type: 'string' },
     },
     strict: true,
   });
@@ -76,6 +81,7 @@ export function parseRaftArgs(args: string[]): RaftBenchOptions {
     rate: int('rate', values.rate, 1, 100_000),
     loadS: int('load-s', values['load-s'], 1, 3_600),
     logLevel: level as LogLevel,
+    ...(values.profile !== undefined ? { profileDir: values.profile } : {}),
   };
 }
 
@@ -120,7 +126,8 @@ export async function runRaftBench(opts: RaftBenchOptions, io: { progress(line: 
   const leaderCommits: { ts: number; term: number; peerId: string }[] = [];
 
   const spawnWorker = (name: string, dataDir: string, zone: string): Worker => {
-    const child = fork(WORKER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced', execPath: process.execPath, execArgv: process.execArgv });
+    const profiling = opts.profileDir !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : [];
+    const child = fork(WORKER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced', execPath: process.execPath, execArgv: [...process.execArgv, ...profiling] });
     const w: Worker = { name, dataDir, zone, child, peerId: '' };
     child.on('message', (raw) => {
       const msg = raw as FromRaftWorker;
@@ -235,7 +242,7 @@ export async function runRaftBench(opts: RaftBenchOptions, io: { progress(line: 
       const firstWrite = await until(`a write at the new term after kill ${k + 1}`, 30_000, 5, async () => acked.find((a) => a.term > killTerm && a.ts >= killedAt));
       failovers.push(committed.ts - killedAt);
       writeGaps.push(firstWrite.ts - killedAt);
-      say(`kill ${k + 1}/${opts.kills}: new leader committed after ${round1(committed.ts - killedAt)} ms (term ${committed.term}), first write after ${round1(firstWrite.ts - killedAt)} ms`);
+      say(`${new Date(killedAt).toISOString()} kill ${k + 1}/${opts.kills}: new leader committed after ${round1(committed.ts - killedAt)} ms (term ${committed.term}), first write after ${round1(firstWrite.ts - killedAt)} ms`);
       // The host comes back under the same identity.
       const back = spawnWorker(victim.name, victim.dataDir, victim.zone);
       workers[workers.indexOf(victim)] = back;
@@ -296,6 +303,17 @@ export async function runRaftBench(opts: RaftBenchOptions, io: { progress(line: 
       },
     };
   } finally {
+    if (opts.profileDir !== undefined) {
+      // A graceful exit, so that V8 writes the profiles of the processes still alive.
+      await Promise.all(
+        alive().map((w) => {
+          const exited = new Promise((r) => w.child.once('exit', r));
+          w.child.send({ t: 'exit' } satisfies ToRaftWorker);
+          return Promise.race([exited, sleep(15_000)]);
+        }),
+      );
+      say(`CPU profiles in ${opts.profileDir}`);
+    }
     killAll();
     process.off('exit', killAll);
     rmSync(root, { recursive: true, force: true });

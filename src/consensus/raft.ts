@@ -715,6 +715,16 @@ export class Raft {
     for (const [id, pr] of this.tracker.progress) if (id !== this.id) pr.recentActive = false;
   }
 
+  /**
+   * A follower that knows its leader is gone (every connection to it closed) stops honouring the
+   * leader's check-quorum lease, so that it grants votes at once; its own election timer runs on
+   * as before, so it does not campaign early itself (etcd's MsgForgetLeader). Safe: reads are
+   * never served on a lease here, and a leader that is alive keeps the followers that hear it.
+   */
+  forgetLeader(): void {
+    if (this.role === 'follower') this.lead = null;
+  }
+
   /** Starts an election if this node may: a voter, no snapshot pending, no conf change unapplied. */
   campaign(): void {
     this.#hup(this.preVote ? 'pre-election' : 'election');

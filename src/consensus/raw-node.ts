@@ -87,6 +87,11 @@ export class RawNode {
     this.#raft.tick();
   }
 
+  /** A follower forgets its leader: it grants votes now, without campaigning early itself. */
+  forgetLeader(): void {
+    this.#raft.forgetLeader();
+  }
+
   /** Starts an election now (through pre-vote when enabled); a no-op where it may not. */
   campaign(): void {
     this.#raft.campaign();

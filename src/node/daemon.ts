@@ -90,6 +90,8 @@ export class Daemon {
   readonly #checkpoints: CheckpointService;
   #persistTimer: NodeJS.Timeout | undefined;
   readonly #rediscoverMs: number;
+  /** The addresses last learnt from each peer's gossiped state (see #learnAddresses). */
+  readonly #knownAddrs = new Map<string, string>();
 
   private constructor(init: {
     paths: DataDirPaths; config: DaemonConfig; state: DaemonState; log: Logger; host: FabricHost; gossip: GossipService; lock: DataDirLock; rediscoverMs: number;
@@ -246,6 +248,7 @@ export class Daemon {
     host.addEventListener('peer:connect', (evt) => this.#gossip.peerConnected(evt.detail.toString()));
     host.addEventListener('peer:disconnect', (evt) => this.#gossip.peerDisconnected(evt.detail.toString()));
     this.#gossip.subscribe(() => this.#schedulePersist());
+    this.#gossip.subscribe((evt) => this.#learnAddresses(evt));
 
     await host.start();
     await this.#gossip.updateSelf((s) => ({ ...s, addrs: this.#selfAddrs() }));
@@ -286,6 +289,36 @@ export class Daemon {
     this.#host.dial(parsed, { signal: AbortSignal.timeout(5_000) }).catch((err: unknown) => {
       this.#log.debug({ addrs, err: errorMessage(err) }, 'dial failed');
     });
+  }
+
+  /**
+   * A peer's signed state names the addresses it listens on now: they replace what libp2p's
+   * address book holds (a restarted peer may listen on another port), so that every dial by peer
+   * id (Raft, RPC, logs, checkpoints) reaches it, and a peer not connected yet is dialled at once
+   * rather than at the next round of #connectToKnownPeers: after a leader's death the survivors
+   * must reach each other within the election, not seconds later.
+   */
+  #learnAddresses(evt: Parameters<MembershipListener>[0]): void {
+    const addrs = evt.state?.addrs;
+    if (evt.peerId === this.peerId || addrs === undefined || addrs.length === 0 || this.#stopping) return;
+    const key = addrs.join(' ');
+    if (this.#knownAddrs.get(evt.peerId) === key) return;
+    this.#knownAddrs.set(evt.peerId, key);
+    const multiaddrs = addrs.flatMap((a) => {
+      try {
+        return [multiaddr(a)];
+      } catch {
+        return [];
+      }
+    });
+    let peer;
+    try {
+      peer = peerIdFromString(evt.peerId);
+    } catch {
+      return;
+    }
+    this.#host.peerStore.patch(peer, { multiaddrs }).catch((err: unknown) => this.#log.debug({ peer: evt.peerId, err: errorMessage(err) }, 'address book update failed'));
+    if (evt.status !== 'dead' && this.#host.getConnections(peer).length === 0) this.#dial(addrs);
   }
 
   /** Keeps a connection to every live peer: the fabric is small enough for a full mesh. */

@@ -45,14 +45,19 @@ export interface PlacementPeer {
   state: NodeState | undefined;
 }
 
+/** What the placement loop needs of the control plane (a narrow seam, so tests can drive it). */
+export type PlacementControl = Pick<ControlPlane, 'id' | 'state' | 'localStatus' | 'onApplied' | 'submit' | 'leaseSilenceOf'>;
+
 export interface PlacementServiceOptions {
-  control: ControlPlane;
+  control: PlacementControl;
   /** The gossiped view, this peer included. */
   peers(): PlacementPeer[];
   log: Logger;
   wallNow(): number;
   /** The hosts' lease (job-agent.ts): a host silent this long (plus grace) has stopped its jobs. */
   leaseMs?: number;
+  /** The scheduler (default: one without rng, see the constructor). */
+  scheduler?: Scheduler;
 }
 
 const TICK_MS = 50;
@@ -73,6 +78,10 @@ export class PlacementService {
   readonly #placedBecause = new Map<string, { epoch: number; explain: Explanation }>();
   /** Waiting jobs that did not fit, with the capacity they did not fit (see #capacityKey). */
   readonly #unfit = new Map<string, string>();
+  /** Shapes (see #shapeOf) that did not fit, with the capacity they did not fit. */
+  readonly #unfitShapes = new Map<string, string>();
+  /** Each waiting job's shape, computed once (a job's spec never changes). */
+  readonly #shapes = new Map<string, string | null>();
   /** Preemptors waiting for their victims to stop: job id → not before (wall ms). */
   readonly #holdUntil = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
@@ -86,7 +95,7 @@ export class PlacementService {
     this.#o = opts;
     this.#log = opts.log;
     // No rng: exact ties go to the first peer in snapshot order, which packs best (see packing.ts).
-    this.#scheduler = new Scheduler();
+    this.#scheduler = opts.scheduler ?? new Scheduler();
     this.#lostAfterMs = (opts.leaseMs ?? DEFAULT_LEASE_MS) + FENCE_STOP_GRACE_MS + LOST_MARGIN_MS;
   }
 
@@ -193,17 +202,33 @@ export class PlacementService {
     const now = this.#o.wallNow();
     const capacity = this.#capacityKey();
     const all = this.#o.control.state.waitingJobs();
-    if (this.#unfit.size > all.length) {
-      const ids = new Set(all.map((j) => j.id));
-      for (const id of this.#unfit.keys()) if (!ids.has(id)) this.#unfit.delete(id);
-    }
-    // A job that did not fit is planned again only once capacity has changed: a long queue of
-    // jobs that cannot run costs a map lookup each, not a scheduling cycle.
-    const candidates = all.filter((j) => this.#unfit.get(j.id) !== capacity && (this.#holdUntil.get(j.id) ?? 0) <= now);
-    if (candidates.length === 0) return false;
-    const cluster = this.#cluster();
+    this.#forgetGone(all);
+    // Jobs of one shape (the same placement request but for the job id) fit or not together: the
+    // queue is grouped by shape and only the first job of each group, in queue order, is planned.
+    // A long queue of like jobs that cannot run costs a map lookup each, not a scheduling cycle
+    // each, and is planned again only once capacity has changed.
+    const heads = new Map<string, Readonly<Job>>();
+    const order = this.#queueOrder();
     const started = performance.now();
-    for (const job of this.#inQueueOrder(candidates)) {
+    let scanned = 0;
+    for (const job of all) {
+      // A new leader knows no shapes yet (a spec parse each): a long queue takes a few passes.
+      if (++scanned % 256 === 0 && performance.now() - started > PASS_BUDGET_MS) {
+        this.#dirty = true;
+        return false;
+      }
+      if (this.#unfit.get(job.id) === capacity || (this.#holdUntil.get(job.id) ?? 0) > now) continue;
+      const shape = this.#shapeOf(job);
+      if (shape === null || this.#unfitShapes.get(shape) === capacity) {
+        this.#unfit.set(job.id, capacity);
+        continue;
+      }
+      const head = heads.get(shape);
+      if (head === undefined || order(job, head) < 0) heads.set(shape, job);
+    }
+    if (heads.size === 0) return false;
+    const cluster = this.#cluster();
+    for (const [shape, job] of [...heads].sort((a, b) => order(a[1], b[1]))) {
       // Planning is synchronous: a long queue must not hold the event loop (and with it the Raft
       // heartbeats: a leader busy for an election timeout is deposed). The rest waits a tick.
       if (performance.now() - started > PASS_BUDGET_MS) {
@@ -212,6 +237,7 @@ export class PlacementService {
       }
       const result = this.#plan(cluster, job);
       if (result === undefined || result.plan === null) {
+        this.#unfitShapes.set(shape, capacity);
         this.#unfit.set(job.id, capacity);
         continue;
       }
@@ -287,14 +313,36 @@ export class PlacementService {
 
   /** Waiting jobs in the order they are considered: priority, fair share of the tenant, age. */
   queue(): Readonly<Job>[] {
-    return this.#inQueueOrder(this.#o.control.state.waitingJobs());
+    return this.#o.control.state.waitingJobs().sort(this.#queueOrder());
   }
 
-  #inQueueOrder(jobs: readonly Readonly<Job>[]): Readonly<Job>[] {
+  /** The queue's comparator over the tenants' current shares. */
+  #queueOrder(): (a: Readonly<Job>, b: Readonly<Job>) => number {
     const share = new Map(this.#o.control.state.tenants().map((t) => [t.name, t.gpusHeld]));
-    return jobs
-      .slice()
-      .sort((a, b) => b.priority - a.priority || (share.get(a.tenant) ?? 0) - (share.get(b.tenant) ?? 0) || a.submittedAt - b.submittedAt || (a.id < b.id ? -1 : 1));
+    return (a, b) => b.priority - a.priority || (share.get(a.tenant) ?? 0) - (share.get(b.tenant) ?? 0) || a.submittedAt - b.submittedAt || (a.id < b.id ? -1 : 1);
+  }
+
+  /**
+   * What the scheduler sees of a job: its placement request without the job id (null when the
+   * spec no longer parses). Two jobs of one shape are interchangeable for fit; which peers the
+   * plan prefers (a restarting job's checkpoint holders) does not change whether it fits.
+   */
+  #shapeOf(job: Readonly<Job>): string | null {
+    const known = this.#shapes.get(job.id);
+    if (known !== undefined) return known;
+    const request = this.#requestOf(job);
+    const shape = request === undefined ? null : JSON.stringify({ ...request, jobId: null, device: { ...request.device, selector: null } });
+    this.#shapes.set(job.id, shape);
+    return shape;
+  }
+
+  /** Drops what is remembered of jobs that no longer wait. */
+  #forgetGone(waiting: readonly Readonly<Job>[]): void {
+    if (this.#unfit.size <= waiting.length && this.#shapes.size <= waiting.length && this.#unfitShapes.size <= 1024) return;
+    const ids = new Set(waiting.map((j) => j.id));
+    for (const id of this.#unfit.keys()) if (!ids.has(id)) this.#unfit.delete(id);
+    for (const id of this.#shapes.keys()) if (!ids.has(id)) this.#shapes.delete(id);
+    if (this.#unfitShapes.size > 1024) this.#unfitShapes.clear();
   }
 
   /** Why a job waits (or, for one this leader placed, why it went where it did). */

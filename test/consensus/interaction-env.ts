@@ -11,6 +11,7 @@
  *                                   config as committed conf-change entries 1..n at term 1
  *                                   instead (a new group's founders; no voters: an empty node)
  *   campaign ID                     start an election (pre-vote first when enabled)
+ *   forget-leader ID                a follower stops honouring its leader's lease (grants votes)
  *   propose ID DATA                 propose a normal entry
  *   propose-conf-change ID TYPE NODE   TYPE: add-voter | remove-voter | add-learner
  *   tick ID [N]                     N ticks (default 1)
@@ -128,6 +129,9 @@ export class InteractionEnv {
         return;
       case 'campaign':
         this.#node(args[0]).raw.campaign();
+        return;
+      case 'forget-leader':
+        this.#node(args[0]).raw.forgetLeader();
         return;
       case 'propose':
         this.#tryRequest(() => this.#node(args[0]).raw.propose(encoder.encode(args[1] ?? '')));
