@@ -59,7 +59,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import type { DaemonSpec, DaemonSummary, FromWorker, ProcessSummary, ToWorker } from './gossip-worker.ts';
-import type { LogLevel } from '../src/node/system.ts';
+import { parseLogLevel, type LogLevel } from '../src/core/index.ts';
 
 const WORKER = join(import.meta.dirname, 'gossip-worker.ts');
 
@@ -134,8 +134,7 @@ export function parseGossipArgs(args: string[]): GossipBenchOptions {
   const kills = int('kills', values.kills, 0, nodes - 2);
   const signal = values['kill-signal'].toUpperCase().replace(/^SIG/, '');
   if (signal !== 'KILL' && signal !== 'STOP') throw new Error(`--kill-signal must be KILL or STOP, got ${values['kill-signal']}`);
-  const logLevel = values['log-level'];
-  if (!['debug', 'info', 'warn', 'error', 'silent'].includes(logLevel)) throw new Error(`--log-level must be debug, info, warn, error or silent`);
+  const logLevel = parseLogLevel(values['log-level']);
   return {
     nodes,
     kills,

@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { FromRaftWorker, ToRaftWorker, WorkerStatus } from './raft-worker.ts';
 import { percentile } from './gossip.ts';
-import type { LogLevel } from '../src/node/system.ts';
+import { parseLogLevel, type LogLevel } from '../src/core/index.ts';
 
 export interface RaftBenchOptions {
   voters: number;
@@ -72,15 +72,14 @@ export function parseRaftArgs(args: string[]): RaftBenchOptions {
   };
   const voters = int('voters', values.voters, 3, 5);
   if (voters === 4) throw new Error('--voters must be 3 or 5');
-  const level = values['log-level'];
-  if (!['debug', 'info', 'warn', 'error', 'silent'].includes(level)) throw new Error(`--log-level: unknown level ${level}`);
+  const level = parseLogLevel(values['log-level']);
   return {
     voters,
     kills: int('kills', values.kills, 0, 10_000),
     concurrency: int('concurrency', values.concurrency, 1, 10_000),
     rate: int('rate', values.rate, 1, 100_000),
     loadS: int('load-s', values['load-s'], 1, 3_600),
-    logLevel: level as LogLevel,
+    logLevel: level,
     ...(values.profile !== undefined ? { profileDir: values.profile } : {}),
   };
 }

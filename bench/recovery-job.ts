@@ -32,6 +32,8 @@ const commit = process.env['FABRIC_CHECKPOINT_COMMIT'];
 
 let step = 0;
 let resumed: number | null = null;
+/** The state's SHA-256: read back from a verified restore, else computed below. */
+let stateSha: string | undefined;
 if (restoreDir !== undefined && existsSync(join(restoreDir, 'step.json'))) {
   const saved = JSON.parse(readFileSync(join(restoreDir, 'step.json'), 'utf8')) as { step: number; sha256: string };
   const state = readFileSync(join(restoreDir, 'state.bin'));
@@ -39,6 +41,7 @@ if (restoreDir !== undefined && existsSync(join(restoreDir, 'step.json'))) {
   if (sha !== saved.sha256) throw new Error(`restored state.bin is not the one checkpointed (${sha} != ${saved.sha256})`);
   step = saved.step;
   resumed = step;
+  stateSha = sha;
   // The state file is the checkpoint's: keep it where the next checkpoint reads it.
   renameSync(join(restoreDir, 'state.bin'), join(ckptDir, 'state.bin'));
 }
@@ -51,7 +54,7 @@ if (!existsSync(statePath) || statSync(statePath).size !== stateBytes) {
   fsyncSync(fd);
   closeSync(fd);
 }
-const stateSha = createHash('sha256').update(readFileSync(statePath)).digest('hex');
+stateSha ??= createHash('sha256').update(readFileSync(statePath)).digest('hex');
 process.stdout.write(`started ${Date.now()} attempt ${process.env['FABRIC_ATTEMPT'] ?? '?'} resumed ${resumed ?? 'none'} state-bytes ${stateBytes}\n`);
 
 for (;;) {

@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { FabricClient } from '../src/client/client.ts';
 import { percentile } from './gossip.ts';
 import { until } from '../src/node/demo.ts';
+import { parseLogLevel, type LogLevel } from '../src/core/index.ts';
 
 export const RECOVERY_USAGE = `npm run bench -- recovery [--json] [options]
   --kills K           host kills (default 20)
@@ -26,7 +27,8 @@ export const RECOVERY_USAGE = `npm run bench -- recovery [--json] [options]
   --state-mib M       checkpoint size in MiB (default 1024)
   --checkpoint-every S steps between checkpoints (default 20; a step is --step-ms)
   --step-ms MS        length of a step (default 100)
-  --timeout-s S       a restart slower than this counts the job lost (default 60)`;
+  --timeout-s S       a restart slower than this counts the job lost (default 60)
+  --log-level L       daemon log level on stderr (default error)`;
 
 export interface RecoveryOptions {
   kills: number;
@@ -35,6 +37,7 @@ export interface RecoveryOptions {
   checkpointEvery: number;
   stepMs: number;
   timeoutS: number;
+  logLevel: LogLevel;
 }
 
 export function parseRecoveryArgs(args: string[]): RecoveryOptions {
@@ -47,6 +50,7 @@ export function parseRecoveryArgs(args: string[]): RecoveryOptions {
       'checkpoint-every': { type: 'string', default: '20' },
       'step-ms': { type: 'string', default: '100' },
       'timeout-s': { type: 'string', default: '60' },
+      'log-level': { type: 'string', default: 'error' },
     },
     strict: true,
   });
@@ -62,6 +66,7 @@ export function parseRecoveryArgs(args: string[]): RecoveryOptions {
     checkpointEvery: int('checkpoint-every', values['checkpoint-every'], 1, 100_000),
     stepMs: int('step-ms', values['step-ms'], 1, 60_000),
     timeoutS: int('timeout-s', values['timeout-s'], 5, 3600),
+    logLevel: parseLogLevel(values['log-level']),
   };
 }
 
@@ -126,7 +131,7 @@ export async function runRecoveryBench(opts: RecoveryOptions, io: { progress(lin
   const start = async (name: string, args: string[]): Promise<FabricClient> => {
     const dataDir = join(root, name);
     const addresses = args[0] === 'agent' ? [] : ['--listen', '/ip4/127.0.0.1/tcp/0', '--api-port', '0'];
-    const child = spawn(process.execPath, [MAIN, ...args, '--data-dir', dataDir, ...addresses, '--log-level', 'error'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const child = spawn(process.execPath, [MAIN, ...args, '--data-dir', dataDir, ...addresses, '--log-level', opts.logLevel], { stdio: ['ignore', 'ignore', 'inherit'] });
     children.set(name, child);
     const deadline = Date.now() + 60_000;
     for (;;) {

@@ -191,7 +191,7 @@ export class CheckpointService {
     manifestId: ManifestId,
     holders: readonly string[],
     target: string,
-    opts: { signal?: AbortSignal; onProgress?: (p: { fetchedBytes: number; totalBytes: number }) => void } = {},
+    opts: { signal?: AbortSignal; onProgress?: (p: { fetchedBytes: number; totalBytes: number }) => void; durable?: boolean } = {},
   ): Promise<RestoreOutcome> {
     const manifest = await this.transfer.fetchManifest(manifestId, holders, opts.signal);
     const release = this.store.pin([], manifestId);
@@ -209,7 +209,7 @@ export class CheckpointService {
           });
         }
         try {
-          const w = await materializeCheckpoint(this.store, manifest, target, opts.signal !== undefined ? { signal: opts.signal } : {});
+          const w = await materializeCheckpoint(this.store, manifest, target, { ...(opts.signal !== undefined ? { signal: opts.signal } : {}), ...(opts.durable !== undefined ? { durable: opts.durable } : {}) });
           this.#log.info({ manifest: manifestId, target, files: w.files, bytes: w.bytes, fetched: fetchTotal.fetchedBytes }, 'checkpoint restored');
           return { manifest, fetch: fetchTotal, files: w.files, bytes: w.bytes };
         } catch (err) {

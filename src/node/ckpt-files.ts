@@ -201,6 +201,12 @@ export async function commitDirectory(store: ChunkStore, dir: string, meta: Chec
 export interface MaterializeOptions {
   signal?: AbortSignal;
   onProgress?: (p: { bytesWritten: number; totalBytes: number }) => void;
+  /**
+   * fsync the files and directories (default true). A job's restore directory is a scratch copy
+   * of replicated chunks, rebuilt from them should the host crash: it need not reach the disk
+   * before the job starts, and an fsync of 1 GiB costs seconds of restart time.
+   */
+  durable?: boolean;
 }
 
 /**
@@ -209,6 +215,7 @@ export interface MaterializeOptions {
  * NOT_FOUND / CORRUPT_STORAGE carrying `details.chunkId`, and nothing is left at `target`.
  */
 export async function materializeCheckpoint(store: ChunkStore, manifest: Manifest, target: string, opts: MaterializeOptions = {}): Promise<{ files: number; bytes: number }> {
+  const durable = opts.durable ?? true;
   let targetExists = false;
   try {
     const st = lstatSync(target);
@@ -248,7 +255,7 @@ export async function materializeCheckpoint(store: ChunkStore, manifest: Manifes
             bytes += data.length;
             opts.onProgress?.({ bytesWritten: bytes, totalBytes: manifest.totalBytes });
           }
-          await fh.sync();
+          if (durable) await fh.sync();
         } finally {
           await fh.close();
         }
@@ -258,10 +265,10 @@ export async function materializeCheckpoint(store: ChunkStore, manifest: Manifes
     }
     // Directory modes last, deepest first: a read-only directory must not stop its children.
     for (const d of dirModes.reverse()) await chmod(d.path, d.mode);
-    fsyncDir(work);
+    if (durable) fsyncDir(work);
     if (targetExists) rmdirSync(target);
     renameSync(work, target);
-    fsyncDir(dirname(target));
+    if (durable) fsyncDir(dirname(target));
   } catch (err) {
     rmSync(work, { recursive: true, force: true });
     throw err;

@@ -11,7 +11,7 @@ import { registerClientCommands } from '../client/commands.ts';
 import { registerJobCommands } from '../client/job-commands.ts';
 import { action, addDataDirOption, dataDirOf, parseFlags } from '../client/cli-kit.ts';
 import { FabricClient } from '../client/client.ts';
-import type { LogLevel } from './system.ts';
+import { LOG_LEVELS, type LogLevel } from '../core/index.ts';
 
 const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/7700';
 const DEFAULT_API_PORT = 7701;
@@ -25,7 +25,7 @@ const Multiaddr = z.string().refine((s) => {
   }
 }, 'not a valid multiaddr (e.g. /ip4/0.0.0.0/tcp/7700)');
 const LabelName = z.string().min(1).max(63).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'use letters, digits, . _ -');
-const LogLevelSchema = z.enum(['debug', 'info', 'warn', 'error', 'silent']);
+const LogLevelSchema = z.enum(LOG_LEVELS);
 
 const DaemonFlagsSchema = z.object({
   dataDir: z.string().optional(),

@@ -2,7 +2,7 @@
 import { randomInt } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
-import { SeededRng, type Clock, type Logger, type Timer } from '../core/index.ts';
+import { SeededRng, type Clock, type Logger, type LogLevel, type Timer } from '../core/index.ts';
 
 export const systemClock: Clock = {
   now: () => performance.now(),
@@ -16,7 +16,7 @@ export function systemRng(): SeededRng {
   return new SeededRng(randomInt(0, 2 ** 31));
 }
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+export { LOG_LEVELS, parseLogLevel, type LogLevel } from '../core/index.ts';
 
 /** JSON lines on stderr (stdout is the CLI's), one child logger per module. */
 export function createLogger(level: LogLevel, bindings: Record<string, unknown> = {}): Logger {
