@@ -8,8 +8,8 @@
  *
  * The figure: placements per second of wall-clock time over the timed cycles (cycles that find no
  * room count as cycles, not placements), with placements per CPU-second and the machine's load
- * beside it, since a shared machine slows the wall clock. Committing through Raft is measured
- * elsewhere.
+ * beside it, since a shared machine slows the wall clock. Committing through Raft on the same
+ * fabric is measured in placement-commit.ts (`committed_placements_per_s`, same command).
  */
 import { availableParallelism, loadavg } from 'node:os';
 import { SeededRng } from '../src/core/index.ts';
@@ -47,7 +47,7 @@ export interface SpeedFigures {
 
 const ZONES = ['eu-1', 'eu-2', 'us-1', 'us-2', 'ap-1'];
 
-function syntheticPeers(count: number, gpus: number, rng: SeededRng): PeerView[] {
+export function syntheticPeers(count: number, gpus: number, rng: SeededRng): PeerView[] {
   const links: Link[] = [];
   for (let a = 0; a < gpus; a++) for (let b = a + 1; b < gpus; b++) links.push({ a, b, kind: 'nvlink', width: 18 });
   return Array.from({ length: count }, (_, p) => {
@@ -82,7 +82,7 @@ function syntheticPeers(count: number, gpus: number, rng: SeededRng): PeerView[]
 }
 
 /** The synthetic job mix: mostly one GPU, shares, some 2/4/8-GPU jobs and CPU-only ones. */
-function jobSpec(rng: SeededRng): JobSpecInput {
+export function jobSpec(rng: SeededRng): JobSpecInput {
   const r = rng.next();
   const spotTolerant = rng.next() < 0.5;
   if (r < 0.35) return { gpus: 1, cpu: 8, memory: '64GiB', spotTolerant };

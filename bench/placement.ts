@@ -4,24 +4,29 @@
  * packing policy and our implementations of FGD, BestFit and Random side by side, and prints them
  * beside the FGD authors' published figures (placement-trace.ts says how).
  *
- * `npm run bench -- placement --speed [--placements N] [--json]`: placements per second of the pure
- * scheduler on a synthetic 10,000-GPU fabric (placement-speed.ts).
+ * `npm run bench -- placement --speed [--placements N] [--jobs N] [--json]`: placements per second
+ * of the pure scheduler on a synthetic 10,000-GPU fabric (placement-speed.ts), then committed
+ * placements per second through Raft with 3 voters on the same fabric (placement-commit.ts).
  *
  * JSON (last stdout line): `{"workload", "seeds", "policies": {"ours": {"unallocated_gpu_pct", …},
  * …}, "published": {"FGD", "BestFit", …}}`; with `--workload all`, `{"seeds", "workloads": {NAME:
- * {"policies", "published"}}}`; with `--speed`, the speed figures.
+ * {"policies", "published"}}}`; with `--speed`, the speed figures: `placements_per_s` and
+ * `committed_placements_per_s` with their targets and ratios.
  */
 import { parseArgs } from 'node:util';
 import { POLICY_NAMES, type PolicyName } from '../src/placement/scheduler/packing.ts';
+import { TARGET_COMMITTED_PLACEMENTS_PER_S, runCommitted, type CommitFigures } from './placement-commit.ts';
 import { runSpeed, type SpeedFigures } from './placement-speed.ts';
 import { FIRST_SEED, loadPublished, loadWorkload, replay, sequenceOf, type ReplayResult } from './placement-trace.ts';
 
 export const PLACEMENT_USAGE = `npm run bench -- placement [--json] [--workload NAME|all] [--seeds N] [--policies ours,fgd,bestfit,random]
-npm run bench -- placement --speed [--json] [--placements N] [--peers N]
+npm run bench -- placement --speed [--json] [--placements N] [--peers N] [--jobs N]
 
 Trace replay (FGD paper setup): unallocated GPU % when arrived demand reaches 100% of capacity,
 mean over seeds 42, 43, … (default workload openb_pod_list_default, 10 seeds).
---speed: placements per second of the pure scheduler, 1,250 peers × 8 GPUs by default.`;
+--speed: placements per second of the pure scheduler, 1,250 peers × 8 GPUs by default (--placements
+timed placements, default 20000), then committed placements per second through Raft with 3 voters
+over libp2p on loopback, on the same fabric (--jobs submitted and placed, default 4000).`;
 
 export const TARGET_PLACEMENTS_PER_S = 10_000;
 
@@ -32,6 +37,8 @@ export interface PlacementBenchOptions {
   policies: PolicyName[];
   placements: number;
   peers: number;
+  /** Jobs placed through Raft in the committed half of --speed. */
+  jobs: number;
 }
 
 export function parsePlacementArgs(args: string[]): PlacementBenchOptions {
@@ -45,6 +52,7 @@ export function parsePlacementArgs(args: string[]): PlacementBenchOptions {
       policies: { type: 'string', default: POLICY_NAMES.join(',') },
       placements: { type: 'string', default: '20000' },
       peers: { type: 'string', default: '1250' },
+      jobs: { type: 'string', default: '4000' },
     },
   });
   const positive = (name: string, text: string): number => {
@@ -63,6 +71,7 @@ export function parsePlacementArgs(args: string[]): PlacementBenchOptions {
     policies: policies as PolicyName[],
     placements: positive('placements', values.placements),
     peers: positive('peers', values.peers),
+    jobs: positive('jobs', values.jobs),
   };
 }
 
@@ -129,13 +138,30 @@ export async function runPlacementBench(
   if (options.speed) {
     io.progress(`placement speed: ${options.peers} peers × 8 GPUs, ${options.placements} timed placements, one thread`);
     const figures: SpeedFigures = runSpeed({ peers: options.peers, gpusPerPeer: 8, placements: options.placements, seed: 1 }, io.progress);
+    const committed: CommitFigures = await runCommitted({ peers: options.peers, gpusPerPeer: 8, jobs: options.jobs, seed: 1 }, io.progress);
+    const ratio = (x: number, of: number): number => Math.round((x / of) * 100) / 100;
     const table = [
       `placement speed: ${figures.gpus} GPUs on ${figures.peers} peers, full scoring, one thread`,
       `  placements/s ${figures.placements_per_s} (target ≥ ${TARGET_PLACEMENTS_PER_S}; ${(figures.placements_per_s / TARGET_PLACEMENTS_PER_S).toFixed(2)}× target)`,
       `  per CPU-second ${figures.placements_per_cpu_s}; machine load ${figures.load_per_core} per core`,
       `  cycle p50 ${figures.cycle_p50_us} µs, p99 ${figures.cycle_p99_us} µs; fabric ${figures.utilization_pct}% allocated`,
+      `committed through Raft (${committed.raft_voters} voters on threads of one process, libp2p on loopback): ${committed.committed_placed} of ${committed.committed_jobs} jobs in ${committed.committed_seconds} s`,
+      `  committed placements/s ${committed.committed_placements_per_s} (target ≥ ${TARGET_COMMITTED_PLACEMENTS_PER_S}; ${ratio(committed.committed_placements_per_s, TARGET_COMMITTED_PLACEMENTS_PER_S).toFixed(2)}× target; ${ratio(committed.committed_placements_per_s, figures.placements_per_s).toFixed(2)}× the pure scheduler)`,
+      `  submits acknowledged after ${committed.committed_submit_seconds} s; ${committed.committed_gpus_allocated} GPUs allocated; ${committed.committed_refused_proposals} proposals refused; ${committed.committed_overbooked_devices} devices over-booked`,
+      `  per CPU-second (all three voters) ${committed.committed_placements_per_cpu_s}; machine load ${committed.committed_load_per_core} per core`,
     ].join('\n');
-    return { figures: { ...figures, target_placements_per_s: TARGET_PLACEMENTS_PER_S }, table };
+    return {
+      figures: {
+        ...figures,
+        target_placements_per_s: TARGET_PLACEMENTS_PER_S,
+        placements_vs_target: ratio(figures.placements_per_s, TARGET_PLACEMENTS_PER_S),
+        ...committed,
+        target_committed_placements_per_s: TARGET_COMMITTED_PLACEMENTS_PER_S,
+        committed_vs_target: ratio(committed.committed_placements_per_s, TARGET_COMMITTED_PLACEMENTS_PER_S),
+        committed_vs_scheduler: ratio(committed.committed_placements_per_s, figures.placements_per_s),
+      },
+      table,
+    };
   }
   const published = loadPublished();
   if (options.workload === 'all') {

@@ -190,8 +190,12 @@ export class ControlPlane {
    * Retries across leader changes until `timeoutMs`; the request id makes the retries safe.
    */
   async submit(request: CommandRequest, opts: SubmitOptions = {}): Promise<{ index: number; result: ApplyResult }> {
-    const bytes = encodeCommand({ ...request, at: 0 } as Command); // validated here, stamped by the leader
-    const reply = await this.#toLeader({ t: 'propose', command: bytes }, opts.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS);
+    // Validated here, stamped by the leader. On the leader itself (the placement service, the
+    // leader's own API) it is stamped now and the first attempt proposes these very bytes: no
+    // decode and encode again on the node that carries every write.
+    const stampedHere = this.#raft.status().role === 'leader';
+    const bytes = encodeCommand({ ...request, at: stampedHere ? this.#o.wallNow() : 0 } as Command);
+    const reply = await this.#toLeader({ t: 'propose', command: bytes }, opts.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS, stampedHere);
     return { index: reply.index, result: reply.value as ApplyResult };
   }
 
@@ -280,7 +284,8 @@ export class ControlPlane {
     return best?.leader ?? null;
   }
 
-  async #toLeader(req: RpcRequest, timeoutMs: number): Promise<Extract<RpcReply, { ok: true }>> {
+  /** `stamped`: a proposal already stamped by this node, to propose as is if this node serves the first attempt. */
+  async #toLeader(req: RpcRequest, timeoutMs: number, stamped = false): Promise<Extract<RpcReply, { ok: true }>> {
     const deadline = Date.now() + timeoutMs;
     let lastError: unknown = new FabricError('NOT_LEADER', 'no leader is known yet');
     for (let attempt = 0; Date.now() < deadline && !this.#stopped; attempt++) {
@@ -289,7 +294,10 @@ export class ControlPlane {
       const left = deadline - Date.now();
       try {
         if (leader === null) throw new FabricError('NOT_LEADER', 'no leader is known yet (the group may be electing one)');
-        const reply = leader === this.id ? await this.#serve(req, this.id, AbortSignal.timeout(Math.min(5_000, left))) : await callRpc(this.#o.host, leader, req, AbortSignal.timeout(Math.min(5_000, left)));
+        const reply =
+          leader === this.id
+            ? await this.#serve(req, this.id, AbortSignal.timeout(Math.min(5_000, left)), stamped && attempt === 0)
+            : await callRpc(this.#o.host, leader, req, AbortSignal.timeout(Math.min(5_000, left)));
         if (reply.ok) return reply;
         const err = replyError(reply);
         if (reply.code === 'NOT_LEADER' && reply.leader !== null && reply.leader !== leader) this.#redirect = reply.leader;
@@ -305,7 +313,7 @@ export class ControlPlane {
   }
 
   /** Handles a request as the leader would; any other node refuses with the leader it knows. */
-  async #serve(req: RpcRequest, from: string, signal: AbortSignal): Promise<RpcReply> {
+  async #serve(req: RpcRequest, from: string, signal: AbortSignal, stamped = false): Promise<RpcReply> {
     const s = this.#raft.status();
     if (s.role !== 'leader') return errorReply(new FabricError('NOT_LEADER', `${this.id} is not the leader`), s.leader ?? this.leaderHint());
     if (req.t === 'lease') {
@@ -314,8 +322,8 @@ export class ControlPlane {
     }
     try {
       if (req.t === 'propose') {
-        const command = { ...decodeCommand(req.command), at: this.#o.wallNow() };
-        const { index, result } = await this.#raft.propose(encodeCommand(command), { signal });
+        const entry = stamped ? req.command : encodeCommand({ ...decodeCommand(req.command), at: this.#o.wallNow() });
+        const { index, result } = await this.#raft.propose(entry, { signal });
         return { ok: true, index, value: result };
       }
       const { index } = await this.#raft.read({ signal });

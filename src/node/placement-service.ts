@@ -4,22 +4,40 @@
  *  1. Lost hosts: a job whose host the mesh holds dead, and whose lease has not been renewed for
  *     longer than the lease plus the stop grace (so the old run has surely ended, see
  *     job-agent.ts), is moved to `restarting`: its devices are released and it waits to be placed.
- *  2. Placement: waiting jobs (queued, restarting) in queue order — priority, then the tenant
- *     holding the smallest share of the fabric's GPUs (dominant-resource fair share), then age —
- *     are planned by the pure scheduler over a snapshot of committed state plus the gossiped view.
- *     A plan is committed through Raft as one `alloc.place` (a gang whole or not at all); the
- *     state machine re-checks every device against committed allocations, so a stale plan is
- *     refused and simply planned again on the next pass. A restarting job tries the peers that
- *     already hold its latest checkpoint first.
+ *  2. Placement, pipelined: each pass plans waiting jobs (queued, restarting) in queue order —
+ *     priority, then the tenant holding the smallest share of the fabric's GPUs (dominant-resource
+ *     fair share), then age — with the pure scheduler over ONE working cluster state: the
+ *     committed allocations plus the gossiped view, plus every placement this leader has proposed
+ *     and not yet heard back about. Each plan is verified, applied to the working state at once (so
+ *     the next plan of the pass sees those devices taken) and proposed as one `alloc.place` (a gang
+ *     whole or not at all) without waiting for the commit: the proposals of a pass go to Raft
+ *     together, which appends and fsyncs them as one batch (group commit), and the next pass plans
+ *     while they commit. A job stays out of planning while its proposal is in flight. The state
+ *     machine re-checks every device against committed allocations, so a stale plan is refused
+ *     and simply planned again. A restarting job tries the peers that already hold its latest
+ *     checkpoint first.
  *  3. Preemption: a plan naming victims releases them first (their hosts stop them with SIGTERM,
  *     which lets a job checkpoint, then SIGKILL after the grace period), and holds the job back
- *     for that grace period before it takes their devices.
+ *     for that grace period before it takes their devices. Meanwhile the working state keeps
+ *     the plan's devices for it, so that no other job (the released victim least of all) takes
+ *     them first. A pass ends at a preemption.
  *
- * Explanations (`fabric explain`) are computed here, on the leader, over the same snapshot.
+ * The working state is not rebuilt per pass (building one from a snapshot of 10,000 GPUs and
+ * their allocations takes tens of milliseconds): each pass brings it in step with committed state
+ * by difference (#reconcile: jobs that ended or whose proposal was refused are released, newly
+ * committed ones added) and rebuilds it from a snapshot only when a peer changed in what placement
+ * reads of it, a peer came or went, or a committed allocation does not fit it.
+ *
+ * A job that does not fit is remembered with the capacity generation it did not fit (#capacity,
+ * bumped whenever capacity may have grown: a release, a peer change, a quota change, a new
+ * preemptible job); it is planned again only at a later generation. Jobs of one shape fit or not
+ * together, so one scheduling cycle answers for a whole queue of like jobs.
+ *
+ * Explanations (`fabric explain`) are computed here, on the leader, over committed state.
  */
 import { errorMessage, type Logger } from '../core/index.ts';
 import type { NodeState } from '../gossip/state.ts';
-import type { Job } from '../placement/fsm/index.ts';
+import type { Allocation, Job, TenantView } from '../placement/fsm/index.ts';
 import {
   ClusterState,
   JobSpecSchema,
@@ -32,7 +50,11 @@ import {
   toReleaseCommands,
   verifyPlan,
   type Explanation,
+  type JobMeta,
   type PeerView,
+  type PlacedMember,
+  type PlacementRequest,
+  type Plan,
   type ScheduleResult,
 } from '../placement/index.ts';
 import { DEFAULT_STOP_GRACE_MS } from '../runner/index.ts';
@@ -67,7 +89,74 @@ const IDLE_PASS_EVERY = 20;
 const PASS_BUDGET_MS = 10;
 /** Margin over lease + stop grace for clock-rate drift and a slow kill. */
 const LOST_MARGIN_MS = 500;
+/** Placements proposed and not yet answered, at most: planning waits for commits beyond this. */
+const MAX_IN_FLIGHT = 2048;
 const WAITING: ReadonlySet<string> = new Set(['queued', 'restarting']);
+
+/** A placement proposed to Raft and not yet answered: what it holds in the working state. */
+interface InFlight {
+  meta: JobMeta;
+  members: PlacedMember[];
+}
+
+/** A plan of this pass, ready to propose. */
+interface Proposal {
+  job: Readonly<Job>;
+  epoch: number;
+  plan: Plan;
+  explain: Explanation;
+  meta: JobMeta;
+  members: PlacedMember[];
+}
+
+/** What a planning pass decided. */
+interface PassOutcome {
+  proposals: Proposal[];
+  /** A plan that needs victims released first (the pass stopped there). */
+  preemption?: { job: Readonly<Job>; plan: Plan };
+  /** Work was left for lack of time: plan again as soon as the event loop has had its turn. */
+  more: boolean;
+}
+
+/** What placement reads of a gossiped peer, as a string (a peer's state changes often; this rarely). */
+function viewKey(view: PeerView): string {
+  return JSON.stringify(view);
+}
+
+/** The members of a plan as the cluster state records them. */
+function membersOf(plan: Plan): PlacedMember[] {
+  return plan.members.map((m) => ({ peerId: m.peerId, grants: m.devices, cpuMilli: m.cpuMilli, memoryMiB: m.memoryMiB }));
+}
+
+/** Whether every member fits the cluster as it is (peers known, devices and host capacity free). */
+function fits(cluster: ClusterState, members: readonly PlacedMember[]): boolean {
+  return members.every((m) => cluster.peerById.get(m.peerId)?.fitProblem(m.grants, m.cpuMilli, m.memoryMiB) === null);
+}
+
+/** Takes `items` out in the order of `compare` (a binary heap: O(n) to build, O(log n) a job taken). */
+function* inOrder<T>(items: T[], compare: (a: T, b: T) => number): Generator<T> {
+  const heap = items;
+  const down = (start: number, size: number): void => {
+    let i = start;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let best = i;
+      if (l < size && compare(heap[l]!, heap[best]!) < 0) best = l;
+      if (r < size && compare(heap[r]!, heap[best]!) < 0) best = r;
+      if (best === i) return;
+      [heap[i], heap[best]] = [heap[best]!, heap[i]!];
+      i = best;
+    }
+  };
+  for (let i = (heap.length >> 1) - 1; i >= 0; i--) down(i, heap.length);
+  for (let size = heap.length; size > 0; size--) {
+    const top = heap[0]!;
+    heap[0] = heap[size - 1]!;
+    down(0, size - 1);
+    yield top;
+  }
+}
 
 export class PlacementService {
   readonly #o: PlacementServiceOptions;
@@ -76,14 +165,43 @@ export class PlacementService {
   readonly #lostAfterMs: number;
   /** Why each job placed by this leader went where it did, for `fabric explain`. */
   readonly #placedBecause = new Map<string, { epoch: number; explain: Explanation }>();
-  /** Waiting jobs that did not fit, with the capacity they did not fit (see #capacityKey). */
-  readonly #unfit = new Map<string, string>();
-  /** Shapes (see #shapeOf) that did not fit, with the capacity they did not fit. */
-  readonly #unfitShapes = new Map<string, string>();
-  /** Each waiting job's shape, computed once (a job's spec never changes). */
-  readonly #shapes = new Map<string, string | null>();
+  /** Waiting jobs that did not fit, with the capacity generation they did not fit. */
+  readonly #unfit = new Map<string, number>();
+  /** Shapes (see #shapeOf) that did not fit, with the capacity generation they did not fit. */
+  readonly #unfitShapes = new Map<string, number>();
+  /** Each waiting job's placement request and shape, computed once (a job's spec never changes); null: the spec does not parse. */
+  readonly #requests = new Map<string, { request: PlacementRequest; shape: string } | null>();
   /** Preemptors waiting for their victims to stop: job id → not before (wall ms). */
   readonly #holdUntil = new Map<string, number>();
+  /**
+   * Refused proposals per waiting job and epoch. The state machine answers a request id it has
+   * seen with the answer it gave then, refusals included, so a new plan after a refusal needs a
+   * new id: `${job}:place:${epoch}`, then `${job}:place:${epoch}/1`, `/2`, …
+   */
+  readonly #refusals = new Map<string, { epoch: number; count: number }>();
+  /** Placements proposed and not answered yet, by job id: such a job is not planned again. */
+  readonly #inFlight = new Map<string, InFlight>();
+  /**
+   * Held preemptors' plans, by job id: the working state keeps their devices for them while the
+   * victims stop, so that no other job (a victim placed again, above all) takes them meanwhile.
+   */
+  readonly #reserved = new Map<string, InFlight>();
+  /** The working state: committed allocations + gossiped peers + #inFlight + #reserved (undefined: build anew). */
+  #working: ClusterState | undefined;
+  /** Per peer of #working: the gossiped state last seen, whether it was schedulable, its viewKey (computed when first needed). */
+  readonly #peerSeen = new Map<string, { state: NodeState; schedulable: boolean; key: string | undefined }>();
+  /** The replica and applied index #working was last brought in step with. */
+  #stateSeen: object | undefined;
+  #appliedSeen = -1;
+  /** Proposals answered since #working was last brought in step (a refused one frees its devices). */
+  #settled = 0;
+  #tenantsSeen: TenantView[] = [];
+  #quotaKey = '';
+  /** Capacity generation: bumped whenever capacity may have grown (see the header). */
+  #capacity = 0;
+  /** Planning stopped for commits to come back (in-flight limit, a victim in flight). */
+  #waitingOnCommits = false;
+  #soonScheduled = false;
   #timer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
   #busy = false;
@@ -106,11 +224,25 @@ export class PlacementService {
     });
     let ticks = 0;
     this.#timer = setInterval(() => {
-      if (this.#dirty || ++ticks % IDLE_PASS_EVERY === 0) {
+      if (this.#dirty || ++ticks % IDLE_PASS_EVERY === 0 || this.#leaseJustRanOut()) {
         this.#dirty = false;
         this.#kick();
       }
     }, TICK_MS);
+  }
+
+  /**
+   * A dead peer's lease has just run out: its jobs are to be placed again now, not at the next
+   * idle pass up to a second later (restart time is what a user waits for after a host dies).
+   */
+  #leaseJustRanOut(): boolean {
+    const control = this.#o.control;
+    if (control.localStatus().role !== 'leader') return false;
+    return this.#o.peers().some((p) => {
+      if (p.health !== 'dead') return false;
+      const silence = control.leaseSilenceOf(p.peerId);
+      return silence >= this.#lostAfterMs && silence < this.#lostAfterMs + IDLE_PASS_EVERY * TICK_MS;
+    });
   }
 
   stop(): void {
@@ -120,7 +252,12 @@ export class PlacementService {
   }
 
   #kick(): void {
-    if (this.#stopped || this.#o.control.localStatus().role !== 'leader') return;
+    if (this.#stopped) return;
+    if (this.#o.control.localStatus().role !== 'leader') {
+      // Should this node lead again, it starts from a fresh snapshot of committed state.
+      this.#working = undefined;
+      return;
+    }
     if (this.#busy) {
       this.#again = true;
       return;
@@ -132,9 +269,19 @@ export class PlacementService {
         this.#busy = false;
         if (this.#again) {
           this.#again = false;
-          setImmediate(() => this.#kick());
+          this.#soon();
         }
       });
+  }
+
+  /** A pass as soon as the event loop has had its turn (I/O, Raft's timers), once however often asked. */
+  #soon(): void {
+    if (this.#soonScheduled || this.#stopped) return;
+    this.#soonScheduled = true;
+    setImmediate(() => {
+      this.#soonScheduled = false;
+      this.#kick();
+    });
   }
 
   /** The peers the scheduler may use: alive members of the Raft group (they hold the replica that tells them what to run). */
@@ -147,11 +294,10 @@ export class PlacementService {
       .map((p) => peerViewOf(p.state!, { schedulable: p.health === 'alive' && members.has(p.peerId) }));
   }
 
-  #cluster(): ClusterState {
+  /** A cluster state from a snapshot of committed state and the gossiped view. */
+  #cluster(tenants: TenantView[] = this.#o.control.state.tenants()): ClusterState {
     const state = this.#o.control.state;
-    return ClusterState.fromSnapshot(
-      snapshotOf({ peers: this.#peerViews(), jobs: this.#holdingJobs(), allocations: state.allocations(), tenants: state.tenants(), now: this.#o.wallNow() }),
-    );
+    return ClusterState.fromSnapshot(snapshotOf({ peers: this.#peerViews(), jobs: this.#holdingJobs(), allocations: state.allocations(), tenants, now: this.#o.wallNow() }));
   }
 
   /** The jobs that hold allocations: what a snapshot needs of jobs (not the whole queue). */
@@ -166,17 +312,19 @@ export class PlacementService {
 
   async #pass(): Promise<void> {
     await this.#releaseLostHosts();
-    // One placement per iteration, each on a fresh snapshot: committed state is the truth.
-    for (let placed = 0; placed < 64 && !this.#stopped; placed++) {
-      if (!(await this.#placeOne())) return;
-    }
+    if (this.#stopped || this.#o.control.localStatus().role !== 'leader') return;
+    const cluster = this.#reconcile();
+    const outcome = this.#planPass(cluster);
+    for (const proposal of outcome.proposals) this.#propose(proposal);
+    if (outcome.preemption !== undefined) await this.#preempt(outcome.preemption.job, outcome.preemption.plan);
+    if (outcome.more) this.#again = true;
   }
 
   async #releaseLostHosts(): Promise<void> {
     const control = this.#o.control;
     const health = new Map(this.#o.peers().map((p) => [p.peerId, p.health]));
     const seen = new Set<string>();
-    for (const alloc of control.state.allocations()) {
+    for (const alloc of this.#allocationsOnLostPeers(health)) {
       if (seen.has(alloc.jobId)) continue;
       const h = health.get(alloc.peerId) ?? 'dead';
       if (h !== 'dead' || control.leaseSilenceOf(alloc.peerId) < this.#lostAfterMs) continue;
@@ -196,45 +344,223 @@ export class PlacementService {
     }
   }
 
-  /** Plans and commits the first waiting job that fits; false when none did. */
-  async #placeOne(): Promise<boolean> {
-    const control = this.#o.control;
+  /**
+   * Committed allocations on peers the mesh holds dead or does not know. The working state (one
+   * pass behind at most) says which jobs hold devices where, without sorting every allocation of
+   * the fabric each pass; before there is one, committed state is read whole.
+   */
+  #allocationsOnLostPeers(health: ReadonlyMap<string, PlacementPeer['health']>): Readonly<Allocation>[] {
+    const lost = (peerId: string): boolean => (health.get(peerId) ?? 'dead') === 'dead';
+    const state = this.#o.control.state;
+    const cluster = this.#working;
+    if (cluster === undefined || this.#stateSeen !== state) return state.allocations().filter((a) => lost(a.peerId));
+    const found: Readonly<Allocation>[] = [];
+    for (const [jobId, held] of cluster.jobs) {
+      if (!held.peerIds.some(lost)) continue;
+      for (const id of state.job(jobId)?.allocationIds ?? []) {
+        const allocation = state.allocation(id);
+        if (allocation !== undefined && lost(allocation.peerId)) found.push(allocation);
+      }
+    }
+    return found;
+  }
+
+  // ---- the working state -----------------------------------------------------------------------
+
+  /**
+   * Brings the working state in step with committed state and the gossiped view, by difference;
+   * rebuilds it from a snapshot when a peer changed in what placement reads, or a committed
+   * allocation does not fit it.
+   */
+  #reconcile(): ClusterState {
+    const state = this.#o.control.state;
+    const cluster = this.#working;
+    if (cluster === undefined || state !== this.#stateSeen || this.#peersChanged(cluster)) return this.#rebuild();
+    cluster.now = this.#o.wallNow();
+    if (state.appliedIndex === this.#appliedSeen && this.#settled === 0) return cluster;
+    this.#appliedSeen = state.appliedIndex;
+    this.#settled = 0;
+    this.#syncTenants(cluster, state.tenants());
+
+    const committed = new Map<string, Readonly<Allocation>[]>();
+    for (const allocation of state.allocations()) {
+      const list = committed.get(allocation.jobId);
+      if (list === undefined) committed.set(allocation.jobId, [allocation]);
+      else list.push(allocation);
+    }
+    // Held here but not (or no longer, or at another epoch) committed, and not in flight: ended,
+    // released, or a refused proposal. Its devices are free again.
+    for (const [jobId, held] of cluster.jobs) {
+      const list = committed.get(jobId);
+      if (list !== undefined ? list[0]!.epoch === held.epoch : this.#pendingEpoch(jobId) === held.epoch) continue;
+      cluster.release(jobId);
+      this.#capacity++;
+    }
+    // Committed and not held here yet: placements this leader did not propose, or whose answer
+    // came after the commit (a refused proposal that another placement beat).
+    const added: Readonly<Allocation>[] = [];
+    for (const [jobId, list] of committed) if (!cluster.jobs.has(jobId)) added.push(...list);
+    if (added.length > 0 && !this.#addCommitted(cluster, added)) return this.#rebuild();
+    // Reservations wait for their victims' release to commit before they hold anything here.
+    this.#placeReservations(cluster);
+    return cluster;
+  }
+
+  /** A job's proposed or reserved epoch (held in the working state without being committed). */
+  #pendingEpoch(jobId: string): number | undefined {
+    return (this.#inFlight.get(jobId) ?? this.#reserved.get(jobId))?.meta.epoch;
+  }
+
+  #placeReservations(cluster: ClusterState): void {
+    for (const reserved of this.#reserved.values()) {
+      if (!cluster.jobs.has(reserved.meta.jobId) && fits(cluster, reserved.members)) cluster.place(reserved.meta, reserved.members);
+    }
+  }
+
+  /** Adds committed allocations to the working state; false when one does not fit it. */
+  #addCommitted(cluster: ClusterState, added: readonly Readonly<Allocation>[]): boolean {
+    const state = this.#o.control.state;
+    const jobs = [...new Set(added.map((a) => a.jobId))].flatMap((id) => state.job(id) ?? []);
+    const views = snapshotOf({ peers: [], jobs, allocations: added, tenants: [], now: cluster.now }).allocations;
+    const byJob = new Map<string, { meta: JobMeta; members: PlacedMember[] }>();
+    for (const v of views) {
+      let entry = byJob.get(v.jobId);
+      if (entry === undefined) {
+        entry = { meta: { jobId: v.jobId, epoch: v.epoch, tenant: v.tenant, priority: v.priority, preemptible: v.preemptible, placedAt: v.placedAt }, members: [] };
+        byJob.set(v.jobId, entry);
+      }
+      entry.members.push({ peerId: v.peerId, grants: [...v.devices], cpuMilli: v.cpuMilli, memoryMiB: v.memoryMiB });
+    }
+    for (const { meta, members } of byJob.values()) {
+      // On a peer gone from the view, or over devices a proposal in flight holds here: start over.
+      if (!fits(cluster, members)) return false;
+      cluster.place(meta, members);
+      if (meta.preemptible) this.#capacity++;
+    }
+    return true;
+  }
+
+  /** Builds the working state anew: a snapshot of committed state, plus the proposals in flight that still fit. */
+  #rebuild(): ClusterState {
+    const state = this.#o.control.state;
+    this.#stateSeen = state;
+    this.#appliedSeen = state.appliedIndex;
+    this.#settled = 0;
+    this.#peerSeen.clear();
+    this.#peersChanged(undefined);
+    const tenants = state.tenants();
+    const cluster = this.#cluster(tenants);
+    this.#syncTenants(cluster, tenants);
+    for (const orphan of cluster.orphans.slice(0, 5)) this.#log.debug({ orphan }, 'committed allocation outside the gossiped view');
+    for (const flight of this.#inFlight.values()) {
+      if (!cluster.jobs.has(flight.meta.jobId) && fits(cluster, flight.members)) cluster.place(flight.meta, flight.members);
+    }
+    this.#placeReservations(cluster);
+    this.#working = cluster;
+    this.#capacity++;
+    return cluster;
+  }
+
+  /**
+   * Whether the set of peers or what placement reads of one (devices, links, labels, host size,
+   * schedulable) changed since #working was built; records what it saw. Only a peer whose gossiped
+   * state object changed costs more than a map lookup.
+   */
+  #peersChanged(cluster: ClusterState | undefined): boolean {
+    const s = this.#o.control.localStatus();
+    const members = new Set([...s.voters, ...s.learners]);
+    let changed = false;
+    let count = 0;
+    for (const p of this.#o.peers()) {
+      if (p.state === undefined || p.health === 'dead') continue;
+      count++;
+      const schedulable = p.health === 'alive' && members.has(p.peerId);
+      const seen = this.#peerSeen.get(p.peerId);
+      if (cluster !== undefined && !cluster.peerById.has(p.peerId)) changed = true;
+      if (seen === undefined) {
+        this.#peerSeen.set(p.peerId, { state: p.state, schedulable, key: undefined });
+        changed ||= cluster !== undefined;
+        continue;
+      }
+      if (seen.state === p.state && seen.schedulable === schedulable) continue;
+      // A new state object (gossip versions every load change): compare what placement reads.
+      seen.key ??= viewKey(peerViewOf(seen.state, { schedulable: seen.schedulable }));
+      const key = viewKey(peerViewOf(p.state, { schedulable }));
+      if (seen.key !== key) changed = true;
+      this.#peerSeen.set(p.peerId, { state: p.state, schedulable, key });
+    }
+    return changed || (cluster !== undefined && count !== cluster.peers.length);
+  }
+
+  /** Quotas and GPU-hours used, from committed state (what the cluster holds it counts itself). */
+  #syncTenants(cluster: ClusterState, tenants: TenantView[]): void {
+    this.#tenantsSeen = tenants;
+    for (const view of tenants) {
+      const tenant = cluster.tenant(view.name);
+      tenant.maxGpus = view.maxGpus;
+      tenant.maxGpuHours = view.maxGpuHours;
+      tenant.gpuHoursUsed = view.gpuHoursUsed;
+    }
+    const quotaKey = tenants.map((t) => `${t.name}:${t.maxGpus}:${t.maxGpuHours}`).join(',');
+    if (quotaKey !== this.#quotaKey) {
+      this.#quotaKey = quotaKey;
+      this.#capacity++;
+    }
+  }
+
+  // ---- planning ----------------------------------------------------------------------------------
+
+  /**
+   * Plans waiting jobs in queue order on `cluster` until the time budget is spent, applying each
+   * plan to it; returns the plans to propose. Synchronous: nothing else changes the working state
+   * meanwhile.
+   */
+  #planPass(cluster: ClusterState): PassOutcome {
     const now = this.#o.wallNow();
-    const capacity = this.#capacityKey();
+    const capacity = this.#capacity;
     const all = this.#o.control.state.waitingJobs();
     this.#forgetGone(all);
-    // Jobs of one shape (the same placement request but for the job id) fit or not together: the
-    // queue is grouped by shape and only the first job of each group, in queue order, is planned.
-    // A long queue of like jobs that cannot run costs a map lookup each, not a scheduling cycle
-    // each, and is planned again only once capacity has changed.
-    const heads = new Map<string, Readonly<Job>>();
-    const order = this.#queueOrder();
     const started = performance.now();
-    let scanned = 0;
+    // Jobs of one shape (the same placement request but for the job id) fit or not together: a
+    // shape that did not fit at this capacity is not planned again, and a long queue of like jobs
+    // that cannot run costs a map lookup each, not a scheduling cycle each.
+    const candidates: Readonly<Job>[] = [];
+    let parsed = 0;
     for (const job of all) {
-      // A new leader knows no shapes yet (a spec parse each): a long queue takes a few passes.
-      if (++scanned % 256 === 0 && performance.now() - started > PASS_BUDGET_MS) {
-        this.#dirty = true;
-        return false;
-      }
-      if (this.#unfit.get(job.id) === capacity || (this.#holdUntil.get(job.id) ?? 0) > now) continue;
+      if (this.#inFlight.has(job.id) || this.#unfit.get(job.id) === capacity || (this.#holdUntil.get(job.id) ?? 0) > now) continue;
+      // A new leader knows no shapes yet (a spec parse each): a long queue takes a few passes,
+      // each parsing some (the scan of known shapes is cheap and always completes).
+      if (!this.#requests.has(job.id) && ++parsed % 64 === 0 && performance.now() - started > PASS_BUDGET_MS) return { proposals: [], more: true };
       const shape = this.#shapeOf(job);
       if (shape === null || this.#unfitShapes.get(shape) === capacity) {
         this.#unfit.set(job.id, capacity);
         continue;
       }
-      const head = heads.get(shape);
-      if (head === undefined || order(job, head) < 0) heads.set(shape, job);
+      candidates.push(job);
     }
-    if (heads.size === 0) return false;
-    const cluster = this.#cluster();
-    for (const [shape, job] of [...heads].sort((a, b) => order(a[1], b[1]))) {
+    const proposals: Proposal[] = [];
+    let preemptiblePlaced = false;
+    const done = (outcome: Omit<PassOutcome, 'proposals'>): PassOutcome => {
+      // A new preemptible job is a victim that was not there: a preemptor that found none may now.
+      if (preemptiblePlaced) this.#capacity++;
+      return { proposals, ...outcome };
+    };
+    for (const job of inOrder(candidates, this.#queueOrder())) {
       // Planning is synchronous: a long queue must not hold the event loop (and with it the Raft
-      // heartbeats: a leader busy for an election timeout is deposed). The rest waits a tick.
-      if (performance.now() - started > PASS_BUDGET_MS) {
-        this.#dirty = true;
-        return false;
+      // heartbeats: a leader busy for an election timeout is deposed). The rest waits a turn.
+      if (performance.now() - started > PASS_BUDGET_MS) return done({ more: true });
+      if (this.#inFlight.size + proposals.length >= MAX_IN_FLIGHT) {
+        this.#waitingOnCommits = true;
+        return done({ more: false });
       }
+      const shape = this.#shapeOf(job)!;
+      if (this.#unfitShapes.get(shape) === capacity) {
+        this.#unfit.set(job.id, capacity);
+        continue;
+      }
+      // A preemptor whose hold ended plans again, first giving back what was kept for it.
+      if (this.#reserved.delete(job.id)) cluster.release(job.id);
+      if (cluster.jobs.has(job.id)) continue; // committed state says waiting, the working state lags: next pass
       const result = this.#plan(cluster, job);
       if (result === undefined || result.plan === null) {
         this.#unfitShapes.set(shape, capacity);
@@ -243,63 +569,109 @@ export class PlacementService {
       }
       const plan = result.plan;
       if (plan.preemptions.length > 0) {
-        for (const release of toReleaseCommands(plan, { requestIdPrefix: `${job.id}:preempt:${job.epoch}`, actor: control.id, at: now })) {
-          const { at: _at, ...request } = release;
-          await control.submit(request);
+        // A victim that holds no committed placement (devices kept for another preemptor) is not one.
+        if (plan.preemptions.some((v) => this.#reserved.has(v.jobId))) continue;
+        // Victims whose own placement is not committed yet cannot be released yet: plan again once it is.
+        const pending = new Set([...this.#inFlight.keys(), ...proposals.map((p) => p.job.id)]);
+        if (plan.preemptions.some((v) => pending.has(v.jobId))) {
+          this.#waitingOnCommits = true;
+          return done({ more: false });
         }
-        this.#holdUntil.set(job.id, now + DEFAULT_STOP_GRACE_MS + LOST_MARGIN_MS);
-        this.#log.info({ jobId: job.id, victims: plan.preemptions.map((v) => v.jobId) }, 'preempting lower-priority jobs');
-        return true;
+        return done({ preemption: { job, plan }, more: false });
       }
-      // Re-check against committed state right before proposing (the state machine checks again).
+      // Re-check against the working state (committed state plus what is in flight) right before
+      // proposing; the state machine checks again against committed state.
       const verdict = verifyPlan(cluster, plan, this.#requestOf(job)!);
       if (!verdict.ok) {
-        this.#log.warn({ jobId: job.id, problems: verdict.problems }, 'plan failed verification; planning again');
-        return true;
+        this.#log.warn({ jobId: job.id, problems: verdict.problems }, 'plan failed verification; planning again on a fresh state');
+        this.#working = undefined;
+        this.#dirty = true;
+        return done({ more: false });
       }
       const epoch = job.epoch + 1;
-      const { at: _at, ...request } = toAllocPlaceCommand(plan, { requestId: `${job.id}:place:${epoch}`, actor: control.id, at: now, epoch });
-      const { result: applied } = await control.submit(request);
-      if (applied.ok) {
-        this.#holdUntil.delete(job.id);
-        this.#placedBecause.set(job.id, { epoch, explain: result.explain });
-        if (this.#placedBecause.size > 10_000) this.#placedBecause.delete(this.#placedBecause.keys().next().value!);
-        this.#log.info({ jobId: job.id, epoch, peers: plan.members.map((m) => m.peerId) }, 'job placed');
-        return true;
-      }
-      // A stale plan (the state moved under it): plan again on a fresh snapshot.
-      this.#log.debug({ jobId: job.id, code: applied.code, message: applied.message }, 'plan refused');
-      return true;
+      const meta: JobMeta = { jobId: job.id, epoch, tenant: job.tenant, priority: job.priority, preemptible: job.preemptible, placedAt: now };
+      const members = membersOf(plan);
+      cluster.place(meta, members);
+      if (job.preemptible) preemptiblePlaced = true;
+      proposals.push({ job, epoch, plan, explain: result.explain, meta, members });
     }
-    return false;
+    return done({ more: false });
   }
 
-  /**
-   * What a waiting job's fit depends on, short of the job itself: the schedulable peers with their
-   * state versions, and the committed allocations. Submissions and reports do not change it.
-   */
-  #capacityKey(): string {
-    const s = this.#o.control.localStatus();
-    const peers = this.#o
-      .peers()
-      .filter((p) => p.state !== undefined && p.health === 'alive')
-      .map((p) => `${p.peerId}:${p.state!.incarnation}.${p.state!.seq}`)
-      .sort()
-      .join(',');
-    const allocations = this.#o.control.state
-      .allocations()
-      .map((a) => `${a.jobId}@${a.epoch}`)
-      .sort()
-      .join(',');
-    return `${s.voters.length + s.learners.length}|${peers}|${allocations}`;
+  /** Proposes a planned placement; the job stays out of planning until the answer comes. */
+  #propose(p: Proposal): void {
+    const control = this.#o.control;
+    const jobId = p.job.id;
+    this.#inFlight.set(jobId, { meta: p.meta, members: p.members });
+    const tries = this.#refusals.get(jobId);
+    const retry = tries !== undefined && tries.epoch === p.epoch ? tries.count : 0;
+    const requestId = retry === 0 ? `${jobId}:place:${p.epoch}` : `${jobId}:place:${p.epoch}/${retry}`;
+    const { at: _at, ...request } = toAllocPlaceCommand(p.plan, { requestId, actor: control.id, at: p.meta.placedAt, epoch: p.epoch });
+    let refused = true;
+    control
+      .submit(request)
+      .then(
+        ({ result }) => {
+          if (result.ok) {
+            refused = false;
+            this.#refusals.delete(jobId);
+            this.#holdUntil.delete(jobId);
+            this.#placedBecause.set(jobId, { epoch: p.epoch, explain: p.explain });
+            if (this.#placedBecause.size > 10_000) this.#placedBecause.delete(this.#placedBecause.keys().next().value!);
+            this.#log.info({ jobId, epoch: p.epoch, peers: p.plan.members.map((m) => m.peerId) }, 'job placed');
+            return;
+          }
+          // A stale plan (the state moved under it): the job waits and is planned again.
+          this.#refusals.set(jobId, { epoch: p.epoch, count: retry + 1 });
+          this.#log.debug({ jobId, requestId, code: result.code, message: result.message }, 'plan refused');
+        },
+        // Outcome unknown (no leader answered in time): a retry under the same id is answered
+        // with the outcome, whichever it was.
+        (err: unknown) => this.#log.warn({ jobId, requestId, err: errorMessage(err) }, 'proposing a placement failed; planning it again'),
+      )
+      .finally(() => {
+        this.#inFlight.delete(jobId);
+        this.#settled++;
+        if (this.#waitingOnCommits) {
+          this.#waitingOnCommits = false;
+          this.#soon();
+        }
+        // A refused job is planned again on the next tick (not at once: a plan the state machine
+        // keeps refusing must not spin the loop).
+        if (refused) this.#dirty = true;
+      });
+  }
+
+  /** Releases a plan's victims and holds the preemptor back while they stop. */
+  async #preempt(job: Readonly<Job>, plan: Plan): Promise<void> {
+    const control = this.#o.control;
+    const now = this.#o.wallNow();
+    for (const release of toReleaseCommands(plan, { requestIdPrefix: `${job.id}:preempt:${job.epoch}`, actor: control.id, at: now })) {
+      const { at: _at, ...request } = release;
+      await control.submit(request);
+    }
+    this.#holdUntil.set(job.id, now + DEFAULT_STOP_GRACE_MS + LOST_MARGIN_MS);
+    const meta: JobMeta = { jobId: job.id, epoch: job.epoch + 1, tenant: job.tenant, priority: job.priority, preemptible: job.preemptible, placedAt: now };
+    this.#reserved.set(job.id, { meta, members: membersOf(plan) });
+    this.#log.info({ jobId: job.id, victims: plan.preemptions.map((v) => v.jobId) }, 'preempting lower-priority jobs');
+  }
+
+  /** A job's placement request (undefined when its spec does not parse), parsed once while it waits. */
+  #requestOf(job: Readonly<Job>): PlacementRequest | undefined {
+    return this.#known(job)?.request;
+  }
+
+  #known(job: Readonly<Job>): { request: PlacementRequest; shape: string } | null {
+    const known = this.#requests.get(job.id);
+    if (known !== undefined) return known;
+    const spec = JobSpecSchema.safeParse(job.spec);
+    const request = spec.success ? resolveRequest(spec.data, job.id) : undefined;
+    const entry = request === undefined ? null : { request, shape: JSON.stringify({ ...request, jobId: null, device: { ...request.device, selector: null } }) };
+    this.#requests.set(job.id, entry);
+    return entry;
   }
 
   /** Schedules `job` on `cluster` (read only). A restarting job tries the holders of its latest checkpoint first. */
-  #requestOf(job: Readonly<Job>): ReturnType<typeof resolveRequest> | undefined {
-    const spec = JobSpecSchema.safeParse(job.spec);
-    return spec.success ? resolveRequest(spec.data, job.id) : undefined;
-  }
-
   #plan(cluster: ClusterState, job: Readonly<Job>): ScheduleResult | undefined {
     const request = this.#requestOf(job);
     if (request === undefined) return undefined;
@@ -313,12 +685,12 @@ export class PlacementService {
 
   /** Waiting jobs in the order they are considered: priority, fair share of the tenant, age. */
   queue(): Readonly<Job>[] {
-    return this.#o.control.state.waitingJobs().sort(this.#queueOrder());
+    return this.#o.control.state.waitingJobs().sort(this.#queueOrder(this.#o.control.state.tenants()));
   }
 
-  /** The queue's comparator over the tenants' current shares. */
-  #queueOrder(): (a: Readonly<Job>, b: Readonly<Job>) => number {
-    const share = new Map(this.#o.control.state.tenants().map((t) => [t.name, t.gpusHeld]));
+  /** The queue's comparator over the tenants' committed shares. */
+  #queueOrder(tenants: readonly TenantView[] = this.#tenantsSeen): (a: Readonly<Job>, b: Readonly<Job>) => number {
+    const share = new Map(tenants.map((t) => [t.name, t.gpusHeld]));
     return (a, b) => b.priority - a.priority || (share.get(a.tenant) ?? 0) - (share.get(b.tenant) ?? 0) || a.submittedAt - b.submittedAt || (a.id < b.id ? -1 : 1);
   }
 
@@ -328,20 +700,19 @@ export class PlacementService {
    * plan prefers (a restarting job's checkpoint holders) does not change whether it fits.
    */
   #shapeOf(job: Readonly<Job>): string | null {
-    const known = this.#shapes.get(job.id);
-    if (known !== undefined) return known;
-    const request = this.#requestOf(job);
-    const shape = request === undefined ? null : JSON.stringify({ ...request, jobId: null, device: { ...request.device, selector: null } });
-    this.#shapes.set(job.id, shape);
-    return shape;
+    return this.#known(job)?.shape ?? null;
   }
 
   /** Drops what is remembered of jobs that no longer wait. */
   #forgetGone(waiting: readonly Readonly<Job>[]): void {
-    if (this.#unfit.size <= waiting.length && this.#shapes.size <= waiting.length && this.#unfitShapes.size <= 1024) return;
+    const n = waiting.length;
+    for (const id of this.#reserved.keys()) if (!WAITING.has(this.#o.control.state.job(id)?.state ?? 'gone')) this.#reserved.delete(id);
+    if (this.#unfit.size <= n && this.#requests.size <= n && this.#refusals.size <= n && this.#holdUntil.size <= n && this.#unfitShapes.size <= 1024) return;
     const ids = new Set(waiting.map((j) => j.id));
     for (const id of this.#unfit.keys()) if (!ids.has(id)) this.#unfit.delete(id);
-    for (const id of this.#shapes.keys()) if (!ids.has(id)) this.#shapes.delete(id);
+    for (const id of this.#requests.keys()) if (!ids.has(id)) this.#requests.delete(id);
+    for (const id of this.#refusals.keys()) if (!ids.has(id)) this.#refusals.delete(id);
+    for (const id of this.#holdUntil.keys()) if (!ids.has(id)) this.#holdUntil.delete(id);
     if (this.#unfitShapes.size > 1024) this.#unfitShapes.clear();
   }
 

@@ -341,7 +341,8 @@ export class FabricStateMachine {
 
   #quotaProblem(tenantName: string, grants: readonly { devices: readonly DeviceGrant[] }[]): string | null {
     const tenant = this.#tenants.get(tenantName);
-    if (tenant === undefined) return null;
+    // Usage is a walk over the tenant's live allocations: only a tenant with a quota pays for it.
+    if (tenant === undefined || (tenant.maxGpus === null && tenant.maxGpuHours === null)) return null;
     const usage = this.#tenantUsage(tenant);
     if (tenant.maxGpus !== null) {
       const asked = grants.reduce((sum, grant) => sum + grant.devices.reduce((s, device) => s + device.milli, 0), 0);
