@@ -18,7 +18,8 @@
  *                                [--seed 7] [--log-every 10] [--lr 0.02] [--batch 64] [--hidden 48]
  * (environment TRAIN_STEPS, TRAIN_CHECKPOINT_EVERY, TRAIN_STEP_DELAY_MS work as well; flags win.)
  *
- * On SIGTERM it finishes the current step, checkpoints, commits, and exits with code 143.
+ * On SIGTERM (cancel, preemption) it finishes the current step, checkpoints that step unless it is
+ * already committed, commits it, and exits with code 143: a preempted run resumes where it stopped.
  */
 import { spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
@@ -298,22 +299,29 @@ function loadCheckpoint(dir: string): Checkpoint {
   return parsed.data;
 }
 
-function commitCheckpoint(command: string, step: number): void {
+/** Runs the commit command; true when it committed. */
+function commitCheckpoint(command: string, step: number): boolean {
   const r = spawnSync('/bin/sh', ['-c', `${command} --step ${step}`], {
     stdio: ['ignore', 'inherit', 'inherit'],
     env: { ...process.env, FABRIC_CHECKPOINT_STEP: String(step) },
   });
   if (r.status === 0) {
     process.stdout.write(`checkpoint step ${step} committed\n`);
-  } else {
-    const why = r.error ? r.error.message : r.signal ? `killed by ${r.signal}` : `exit code ${r.status}`;
-    process.stderr.write(`train: committing checkpoint step ${step} failed (${why}); training goes on\n`);
+    return true;
   }
+  const why = r.error ? r.error.message : r.signal ? `killed by ${r.signal}` : `exit code ${r.status}`;
+  process.stderr.write(`train: committing checkpoint step ${step} failed (${why})\n`);
+  return false;
 }
 
 // ---------------------------------------------------------------- the loop
 
 async function main(): Promise<void> {
+  // From the start: a stop asked for while the job loads (or restores) still ends it cleanly.
+  let stopping = false;
+  process.on('SIGTERM', () => {
+    stopping = true;
+  });
   const cfg = readConfig();
   const checkpointDir = process.env.FABRIC_CHECKPOINT_DIR || undefined;
   const restoreDir = process.env.FABRIC_RESTORE_DIR || undefined;
@@ -341,11 +349,8 @@ async function main(): Promise<void> {
   }
   if (checkpointDir === undefined) process.stdout.write('FABRIC_CHECKPOINT_DIR is not set: no checkpoints\n');
 
-  let stopping = false;
-  process.on('SIGTERM', () => {
-    stopping = true;
-  });
-
+  /** The step whose checkpoint is saved, and committed where there is a commit command (-1: none yet). */
+  let checkpointed = restoreDir !== undefined ? step : -1;
   const checkpoint = (loss: number) => {
     if (checkpointDir === undefined) return;
     saveCheckpoint(checkpointDir, {
@@ -359,7 +364,7 @@ async function main(): Promise<void> {
       loss,
     });
     process.stdout.write(`checkpoint step ${step} saved\n`);
-    if (commitCommand !== undefined) commitCheckpoint(commitCommand, step);
+    if (commitCommand === undefined || commitCheckpoint(commitCommand, step)) checkpointed = step;
   };
 
   const batch = new Int32Array(Math.min(cfg.batch, data.n));
@@ -382,8 +387,12 @@ async function main(): Promise<void> {
 
   const final = evaluate(params, cfg.hidden, data, all);
   if (stopping) {
+    // Asked to stop (cancel, preemption, fencing): checkpoint the step reached, unless that one
+    // is already committed, so that the next run loses nothing. A commit that was under way when
+    // SIGTERM came was signalled too (it is in this job's process group) and may have failed:
+    // then this one is the retry.
     process.stdout.write(`stopping at step ${step}: SIGTERM\n`);
-    if (step % cfg.checkpointEvery !== 0 && step !== cfg.steps) checkpoint(final.loss);
+    if (checkpointed !== step) checkpoint(final.loss);
     process.exit(143);
   }
   process.stdout.write(`done: step ${step} loss ${final.loss.toFixed(4)} accuracy ${final.accuracy.toFixed(3)}\n`);

@@ -31,6 +31,7 @@ import { killOrphanJobs } from './job-procs.ts';
 import { DEFAULT_LEASE_MS, JobAgent } from './job-agent.ts';
 import { PlacementService } from './placement-service.ts';
 import { CheckpointService } from './checkpoints.ts';
+import { RestoreCache } from './restore-cache.ts';
 import { fetchJobLog, readJobLog, serveLogs } from './logs-protocol.ts';
 import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
@@ -88,6 +89,7 @@ export class Daemon {
   readonly #agent: JobAgent;
   readonly #placement: PlacementService;
   readonly #checkpoints: CheckpointService;
+  readonly #restores: RestoreCache;
   #persistTimer: NodeJS.Timeout | undefined;
   readonly #rediscoverMs: number;
   /** The addresses last learnt from each peer's gossiped state (see #learnAddresses). */
@@ -130,6 +132,15 @@ export class Daemon {
         return job !== undefined && manifest.epoch < job.epoch ? `job ${manifest.jobId} is at epoch ${job.epoch}; this checkpoint is from epoch ${manifest.epoch}` : undefined;
       },
     });
+    this.#restores = new RestoreCache({
+      jobsDir: init.paths.jobs,
+      // A scratch copy for the job (see MaterializeOptions.durable): the chunks are the durable copy.
+      materialize: async (checkpoint, dir) => {
+        await this.#checkpoints.restore(checkpoint.manifestId, checkpoint.holders.filter((h) => h !== this.peerId), dir, { durable: false });
+      },
+      log: init.jobLog,
+      now: () => systemClock.now(),
+    });
     this.#launcher = new JobLauncher({ owner: this.peerId, log: init.jobLog, leaseMs: DEFAULT_LEASE_MS });
     const rng = systemRng();
     this.#runner = new JobRunner({ launcher: this.#launcher, clock: systemClock, rng, log: init.jobLog, onEvent: (e) => this.#agent.onRunEvent(e) });
@@ -143,9 +154,7 @@ export class Daemon {
       checkpointCommit: `${shellQuote(process.execPath)} ${shellQuote(CLI_ENTRY)} checkpoint commit`,
       extraEnv: { FABRIC_DATA_DIR: init.paths.dir },
       renewLeases: (validForMs) => this.#launcher.renewLeases(validForMs),
-      restore: async (job, checkpoint, dir) => {
-        await this.#checkpoints.restore(checkpoint.manifestId, checkpoint.holders.filter((h) => h !== this.peerId), dir);
-      },
+      restore: (job, checkpoint) => this.#restores.take(job.id, checkpoint),
       gangAddress: (peer) => hostAddress(this.#gossip.membership.get(peer)?.state?.addrs ?? []),
       rng,
       log: init.jobLog,
@@ -249,6 +258,9 @@ export class Daemon {
     host.addEventListener('peer:disconnect', (evt) => this.#gossip.peerDisconnected(evt.detail.toString()));
     this.#gossip.subscribe(() => this.#schedulePersist());
     this.#gossip.subscribe((evt) => this.#learnAddresses(evt));
+    this.#gossip.subscribe((evt) => {
+      if (evt.type === 'status' && evt.status === 'dead') this.#restoreAheadOfNeed(evt.peerId);
+    });
 
     await host.start();
     await this.#gossip.updateSelf((s) => ({ ...s, addrs: this.#selfAddrs() }));
@@ -498,7 +510,21 @@ export class Daemon {
   }
 
   /** Drops local checkpoint data that no committed checkpoint of any job names any more. */
+  /**
+   * A peer died: for each of its jobs whose latest checkpoint this peer holds, restore it now,
+   * while the leader waits out the dead host's lease before placing the job again (holders first).
+   */
+  #restoreAheadOfNeed(deadPeer: string): void {
+    const state = this.#control.state;
+    const jobs = new Set(state.allocations().filter((a) => a.peerId === deadPeer).map((a) => a.jobId));
+    for (const jobId of jobs) {
+      const latest = state.checkpoints(jobId).at(-1);
+      if (latest !== undefined && latest.holders.includes(this.peerId)) this.#restores.prepare(jobId, latest);
+    }
+  }
+
   async #collectCheckpoints(): Promise<void> {
+    this.#restores.sweep();
     try {
       const state = this.#control.state;
       const keep = state.jobs().flatMap((j) => state.checkpoints(j.id).map((c) => c.manifestId));

@@ -19,7 +19,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { errorMessage, type Logger, type Rng } from '../core/index.ts';
 import type { Device } from '../devices/model.ts';
-import type { Allocation, Checkpoint, Job } from '../placement/fsm/index.ts';
+import type { Allocation, Checkpoint, DeviceGrant, Job } from '../placement/fsm/index.ts';
 import {
   assignDevices,
   decideRetry,
@@ -32,6 +32,9 @@ import {
   type AttemptFailure,
 } from '../runner/index.ts';
 import type { ControlPlane, CommandRequest } from './control-plane.ts';
+
+/** A whole GPU, in the thousandths that device grants count in. */
+const MILLI_PER_GPU = 1000;
 
 /** Without word from the leader this long, a host stops its jobs. */
 export const DEFAULT_LEASE_MS = 2_000;
@@ -60,8 +63,8 @@ export interface JobAgentOptions {
   gangAddress(peerId: string): string | undefined;
   /** Renews the supervisors' lease on every job here for `validForMs` (what remains of this host's lease). */
   renewLeases(validForMs: number): void;
-  /** Restores a committed checkpoint into `dir` (fetching chunks as needed); undefined: nothing restored. */
-  restore?(job: Readonly<Job>, checkpoint: Readonly<Checkpoint>, dir: string): Promise<void>;
+  /** Restores a committed checkpoint (fetching chunks as needed) and says into which directory. */
+  restore?(job: Readonly<Job>, checkpoint: Readonly<Checkpoint>): Promise<string>;
   rng: Rng;
   log: Logger;
   leaseMs?: number;
@@ -72,7 +75,9 @@ interface Local {
   epoch: number;
   attempt: number;
   run: JobRun;
-  /** Stopped by this agent (cancel, re-placement, fencing): its end is not the job's news. */
+  /** What its allocation granted it here: a run holds these until its last process has ended. */
+  devices: readonly DeviceGrant[];
+  /** Stopped by this agent (cancel, preemption, re-placement, fencing): its end is not the job's news. */
   stoppedByUs: boolean;
 }
 
@@ -88,6 +93,8 @@ export class JobAgent {
   readonly #finished = new Map<string, number>();
   /** Reports not yet acknowledged by the leader, by request id. */
   readonly #pending = new Map<string, CommandRequest>();
+  /** Jobs whose run waits for a stopping run of another job to free its devices: job → that job. */
+  readonly #waitingFor = new Map<string, string>();
   #timer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
   #fenced = false;
@@ -209,13 +216,17 @@ export class JobAgent {
       if (job === undefined || job.epoch !== alloc.epoch || (job.state !== 'placed' && job.state !== 'running')) continue;
       wanted.set(job.id, { alloc, job });
     }
-    // Stop what is no longer ours (or is ours at another epoch).
+    // Stop what is no longer ours (or is ours at another epoch): SIGTERM, and SIGKILL after the
+    // stop grace. A preempted job was released by the leader (its reason names the preemptor):
+    // the grace is its time to checkpoint, and its checkpoint is still accepted, for its epoch
+    // has not moved on and the run is still listed here until its last process has ended.
     for (const l of this.#local.values()) {
       const w = wanted.get(l.jobId);
       if (w !== undefined && w.alloc.epoch === l.epoch) continue;
       const job = state.job(l.jobId);
       const cancelled = job?.state === 'cancelled';
-      this.#stopLocal(l, cancelled ? 'cancelled' : 'restarting', cancelled ? (job?.reason ?? 'cancelled') : 'the job was released or placed elsewhere');
+      const why = cancelled ? (job?.reason ?? 'cancelled') : job?.epoch === l.epoch && job.reason !== null ? job.reason : 'the job was released or placed elsewhere';
+      this.#stopLocal(l, cancelled ? 'cancelled' : 'restarting', why);
     }
     for (const jobId of this.#finished.keys()) if (wanted.get(jobId)?.alloc.epoch !== this.#finished.get(jobId)) this.#finished.delete(jobId);
     // Start what is ours and not running (once the previous run of the job has fully ended),
@@ -223,8 +234,42 @@ export class JobAgent {
     if (status.applied < this.#leaseIndex) return;
     for (const { alloc, job } of wanted.values()) {
       if (this.#local.has(job.id) || this.#o.runner.get(job.id) !== undefined || this.#finished.get(job.id) === alloc.epoch) continue;
+      // The devices may have been taken from a run that is still stopping here (a preempted or
+      // cancelled job checkpointing in its grace): the new run waits until that one has ended,
+      // so two jobs never hold one GPU at once, however late this host saw the release.
+      const busy = this.#heldByOthers(job.id, alloc.devices);
+      if (busy !== null) {
+        if (this.#waitingFor.get(job.id) !== busy.jobId) this.#log.info({ jobId: job.id, device: busy.uuid, heldBy: busy.jobId }, 'job waits for a stopping run to release its device');
+        this.#waitingFor.set(job.id, busy.jobId);
+        continue;
+      }
+      this.#waitingFor.delete(job.id);
       this.#startRun(alloc, job);
     }
+    for (const jobId of this.#waitingFor.keys()) if (!wanted.has(jobId)) this.#waitingFor.delete(jobId);
+  }
+
+  /**
+   * A device of `grants` that runs of other jobs here still hold beyond what it can share (more
+   * than a whole GPU together, a GPU asked whole while a MIG slice of it is in use, or a slice
+   * while the GPU is in use whole); null when every device is free for `jobId`.
+   */
+  #heldByOthers(jobId: string, grants: readonly DeviceGrant[]): { uuid: string; jobId: string } | null {
+    for (const grant of grants) {
+      let milli = grant.milli;
+      for (const l of this.#local.values()) {
+        if (l.jobId === jobId) continue;
+        for (const held of l.devices) {
+          const same = held.uuid === grant.uuid;
+          const sliceOfAsked = grant.parentUuid === null && held.parentUuid === grant.uuid;
+          const askedSliceOfHeld = grant.parentUuid !== null && held.uuid === grant.parentUuid;
+          if (sliceOfAsked || askedSliceOfHeld) return { uuid: grant.parentUuid ?? grant.uuid, jobId: l.jobId };
+          if (same) milli += held.milli;
+        }
+        if (milli > MILLI_PER_GPU) return { uuid: grant.uuid, jobId: l.jobId };
+      }
+    }
+    return null;
   }
 
   #startRun(alloc: Allocation, job: Readonly<Job>): void {
@@ -261,25 +306,24 @@ export class JobAgent {
             extra: { ...this.#o.extraEnv, FABRIC_EPOCH: String(alloc.epoch) },
           },
         },
-        { prepareAttempt: () => this.#prepare(job, base) },
+        { prepareAttempt: () => this.#prepare(job) },
       );
     } catch (err) {
       this.#log.warn({ jobId: job.id, err: errorMessage(err) }, 'cannot start the job');
       this.#report(job.id, attempt, 'failed', `cannot start on ${this.#o.peerId}: ${errorMessage(err)}`);
       return;
     }
-    const local: Local = { jobId: job.id, epoch: alloc.epoch, attempt, run, stoppedByUs: false };
+    const local: Local = { jobId: job.id, epoch: alloc.epoch, attempt, run, devices: alloc.devices, stoppedByUs: false };
     this.#local.set(job.id, local);
     this.#log.info({ jobId: job.id, attempt, epoch: alloc.epoch, rank }, 'job starting');
     void run.result.then((result) => this.#ended(local, result, rank));
   }
 
   /** Before the process starts: restore the job's latest committed checkpoint, if it has one. */
-  async #prepare(job: Readonly<Job>, base: string): Promise<{ restoreDir?: string }> {
+  async #prepare(job: Readonly<Job>): Promise<{ restoreDir?: string }> {
     const latest = this.#o.control.state.checkpoints(job.id).at(-1);
     if (latest === undefined || this.#o.restore === undefined) return {};
-    const dir = join(base, `restore-${latest.step}`);
-    await this.#o.restore(job, latest, dir);
+    const dir = await this.#o.restore(job, latest);
     this.#log.info({ jobId: job.id, step: latest.step, dir }, 'checkpoint restored');
     return { restoreDir: dir };
   }
