@@ -40,9 +40,11 @@ import type { NodeState } from '../gossip/state.ts';
 import type { Allocation, Job, TenantView } from '../placement/fsm/index.ts';
 import {
   ClusterState,
+  DEFAULT_RESERVE_AFTER_MS,
   JobSpecSchema,
   Scheduler,
   checkFeasibleEver,
+  reservationFor,
   peerViewOf,
   resolveRequest,
   snapshotOf,
@@ -80,6 +82,8 @@ export interface PlacementServiceOptions {
   leaseMs?: number;
   /** The scheduler (default: one without rng, see the constructor). */
   scheduler?: Scheduler;
+  /** How long a job that does not fit waits before peers are reserved for it (default 5 min). */
+  reserveAfterMs?: number;
 }
 
 const TICK_MS = 50;
@@ -165,6 +169,7 @@ export class PlacementService {
   readonly #log: Logger;
   readonly #scheduler: Scheduler;
   readonly #lostAfterMs: number;
+  readonly #reserveAfterMs: number;
   /** Why each job placed by this leader went where it did, for `fabric explain`. */
   readonly #placedBecause = new Map<string, { epoch: number; explain: Explanation }>();
   /** Waiting jobs that did not fit, with the capacity generation they did not fit. */
@@ -173,6 +178,12 @@ export class PlacementService {
   readonly #unfitShapes = new Map<string, number>();
   /** Each waiting job's placement request and shape, computed once (a job's spec never changes); null: the spec does not parse. */
   readonly #requests = new Map<string, { request: PlacementRequest; shape: string } | null>();
+  /**
+   * The peers held for a large job that has waited `reserveAfterMs` without fitting, so that a
+   * stream of smaller jobs of no higher priority cannot starve it (backfill may use every other
+   * peer). One at a time, like scheduleQueue's (src/placement/scheduler/queue.ts).
+   */
+  #reservation: { jobId: string; priority: number; peers: Map<string, string> } | null = null;
   /** Parsed specs by their JSON text (see #known). */
   readonly #bySpec = new Map<string, { request: PlacementRequest; shape: string } | null>();
   /** Preemptors waiting for their victims to stop: job id → not before (wall ms). */
@@ -218,6 +229,7 @@ export class PlacementService {
     this.#log = opts.log;
     // No rng: exact ties go to the first peer in snapshot order, which packs best (see packing.ts).
     this.#scheduler = opts.scheduler ?? new Scheduler();
+    this.#reserveAfterMs = opts.reserveAfterMs ?? DEFAULT_RESERVE_AFTER_MS;
     this.#lostAfterMs = (opts.leaseMs ?? DEFAULT_LEASE_MS) + FENCE_STOP_GRACE_MS + LOST_MARGIN_MS;
   }
 
@@ -570,13 +582,15 @@ export class PlacementService {
       // A preemptor whose hold ended plans again, first giving back what was kept for it.
       if (this.#reserved.delete(job.id)) cluster.release(job.id);
       if (cluster.jobs.has(job.id)) continue; // committed state says waiting, the working state lags: next pass
-      const result = this.#plan(cluster, job);
+      const result = this.#plan(cluster, job, this.#reservedFor(job));
       planned++;
       if (result === undefined || result.plan === null) {
         this.#unfitShapes.set(shape, capacity);
         this.#unfit.set(job.id, capacity);
+        if (result !== undefined) this.#maybeReserve(cluster, job, result, now);
         continue;
       }
+      if (this.#reservation?.jobId === job.id) this.#endReservation();
       const plan = result.plan;
       if (plan.preemptions.length > 0) {
         // A victim that holds no committed placement (devices kept for another preemptor) is not one.
@@ -691,15 +705,46 @@ export class PlacementService {
   }
 
   /** Schedules `job` on `cluster` (read only). A restarting job tries the holders of its latest checkpoint first. */
-  #plan(cluster: ClusterState, job: Readonly<Job>): ScheduleResult | undefined {
+  #plan(cluster: ClusterState, job: Readonly<Job>, reserved: ReadonlyMap<string, string> | null = null): ScheduleResult | undefined {
     const request = this.#requestOf(job);
     if (request === undefined) return undefined;
     const latest = this.#o.control.state.checkpoints(job.id).at(-1);
     if (latest !== undefined) {
-      const near = this.#scheduler.schedule(cluster, request, { only: new Set(latest.holders), preemption: false });
+      const near = this.#scheduler.schedule(cluster, request, { only: new Set(latest.holders), preemption: false, reserved });
       if (near.plan !== null) return near;
     }
-    return this.#scheduler.schedule(cluster, request);
+    return this.#scheduler.schedule(cluster, request, { reserved });
+  }
+
+  /** The reservation `job` must respect: one held for a job of at least its priority. */
+  #reservedFor(job: Readonly<Job>): ReadonlyMap<string, string> | null {
+    const r = this.#reservation;
+    if (r === null || r.jobId === job.id) return null;
+    if (job.priority > r.priority || !WAITING.has(this.#o.control.state.job(r.jobId)?.state ?? 'gone')) return null;
+    return r.peers;
+  }
+
+  /** A job that waited long enough without fitting anywhere reserves the peers closest to fitting it. */
+  #maybeReserve(cluster: ClusterState, job: Readonly<Job>, result: ScheduleResult, now: number): void {
+    const current = this.#reservation;
+    if (current !== null && current.jobId !== job.id && WAITING.has(this.#o.control.state.job(current.jobId)?.state ?? 'gone')) return;
+    if (result.status.code !== 'Unschedulable' || now - job.submittedAt < this.#reserveAfterMs) return;
+    const request = this.#requestOf(job);
+    if (request === undefined) return;
+    const peers = reservationFor(cluster, request, this.#scheduler);
+    if (peers.length === 0) return;
+    const before = current === null ? '' : [...current.peers.keys()].join(',');
+    this.#reservation = { jobId: job.id, priority: job.priority, peers: new Map(peers.map((p) => [p.id, job.id])) };
+    if (before !== peers.map((p) => p.id).join(',')) {
+      // Jobs judged unfit under another reservation (or none) are judged again.
+      this.#capacity++;
+      this.#log.info({ jobId: job.id, peers: peers.map((p) => p.id) }, 'peers reserved for a job that has waited long');
+    }
+  }
+
+  #endReservation(): void {
+    this.#reservation = null;
+    this.#capacity++; // what was held for it is free for the others again
   }
 
   /** Waiting jobs in the order they are considered: priority, fair share of the tenant, age. */
@@ -725,6 +770,7 @@ export class PlacementService {
   /** Drops what is remembered of jobs that no longer wait. */
   #forgetGone(waiting: readonly Readonly<Job>[]): void {
     const n = waiting.length;
+    if (this.#reservation !== null && !WAITING.has(this.#o.control.state.job(this.#reservation.jobId)?.state ?? 'gone')) this.#endReservation();
     for (const id of this.#reserved.keys()) if (!WAITING.has(this.#o.control.state.job(id)?.state ?? 'gone')) this.#reserved.delete(id);
     if (this.#unfit.size <= n && this.#requests.size <= n && this.#refusals.size <= n && this.#holdUntil.size <= n && this.#unfitShapes.size <= 1024) return;
     const ids = new Set(waiting.map((j) => j.id));
@@ -740,7 +786,7 @@ export class PlacementService {
     const job = this.#o.control.state.job(jobId);
     if (job === undefined) return { state: 'unknown', explanation: null, note: null };
     if (WAITING.has(job.state)) {
-      const result = this.#plan(this.#cluster(), job);
+      const result = this.#plan(this.#cluster(), job, this.#reservedFor(job));
       const hold = this.#holdUntil.get(jobId);
       const note = hold !== undefined && hold > this.#o.wallNow() ? 'waiting for preempted jobs to stop' : null;
       return { state: job.state, explanation: result?.explain ?? null, note: result === undefined ? 'the job spec no longer parses' : note };

@@ -27,7 +27,7 @@ export * from './plan.ts';
 export * from './verify.ts';
 export * from './explain.ts';
 export { Scheduler, SCORE_PLUGINS, DEFAULT_WEIGHTS, describeGrant, type Explanation, type PeerScore, type RemovedCount, type ScheduleResult, type SchedulerOptions, type CycleOptions, type Shape, type ScorePluginName } from './scheduler/schedule.ts';
-export { scheduleQueue, dominantShare, DEFAULT_RESERVE_AFTER_MS, type PendingJob, type QueueOptions, type QueueOutcome } from './scheduler/queue.ts';
+export { scheduleQueue, dominantShare, reservationFor, DEFAULT_RESERVE_AFTER_MS, type PendingJob, type QueueOptions, type QueueOutcome } from './scheduler/queue.ts';
 export { checkFeasibleEver, type Feasibility } from './scheduler/feasibility.ts';
 export { makePolicy, workloadMixOf, POLICY_NAMES, type PackingPolicy, type PolicyName, type WorkloadMix, type WorkloadClass, type WorkloadSample } from './scheduler/packing.ts';
 export { EligibilityCache, type DeviceNeed } from './scheduler/eligibility.ts';

@@ -52,7 +52,7 @@ class InstantControl {
   /** Applies a command as committed log entry (no hooks, no deferral): what another leader would have done. */
   applyNow(request: CommandRequest): ApplyResult {
     const index = ++this.#index;
-    const result = this.state.apply(index, encodeCommand({ ...request, at: 1_000 + index } as Command));
+    const result = this.state.apply(index, encodeCommand({ ...request, at: Date.now() + clockSkewMs } as Command));
     for (const l of this.#listeners) l();
     return result;
   }
@@ -107,7 +107,7 @@ interface Fabric {
 /** Added to the service's wall clock (to end a preemptor's hold without waiting for it). */
 let clockSkewMs = 0;
 
-function setupFabric(peers: number, gpusPerPeer: number): Fabric {
+function setupFabric(peers: number, gpusPerPeer: number, reserveAfterMs?: number): Fabric {
   service?.stop();
   const control = new InstantControl();
   const scheduler = new CountingScheduler();
@@ -120,6 +120,7 @@ function setupFabric(peers: number, gpusPerPeer: number): Fabric {
     log: silentLogger,
     wallNow: () => Date.now() + clockSkewMs,
     scheduler,
+    ...(reserveAfterMs !== undefined ? { reserveAfterMs } : {}),
   });
   clockSkewMs = 0;
   return { control, scheduler, states };
@@ -343,5 +344,32 @@ describe('placement service', () => {
     ]);
     expect(control.state.job('victim')!.state).toBe('restarting');
     expectNoDoubleBooking(control, states);
+  });
+
+  it('a large job that has waited reserves peers: smaller jobs of no higher priority do not starve it', async () => {
+    for (const reserveAfterMs of [3_600_000, 0]) {
+      const { control, states } = setupFabric(1, 2, reserveAfterMs);
+      await submit(control, 'filler', 1);
+      service!.start();
+      await until('the filler placed', () => placed(control, 'filler'));
+      await submit(control, 'big', 2);
+      await submit(control, 'small', 1);
+      await new Promise((r) => setTimeout(r, 300));
+      if (reserveAfterMs > 0) {
+        // Plain backfill: the small job takes the free GPU, and the big one waits on.
+        expect(placed(control, 'small')).toBe(true);
+        expect(placed(control, 'big')).toBe(false);
+        continue;
+      }
+      // The big job has waited long enough: the peer is held for it; the small one waits, and
+      // `explain` says why.
+      expect(placed(control, 'small')).toBe(false);
+      expect(JSON.stringify(service!.explain('small').explanation)).toContain('reserved');
+      // The filler ends: the big job gets both GPUs before the small one gets any.
+      expect((await control.submit({ type: 'job.cancel', requestId: 'rq-cancel', actor: 'test', jobId: 'filler' })).result.ok).toBe(true);
+      await until('the big job placed', () => placed(control, 'big'));
+      expect(placed(control, 'small')).toBe(false);
+      expectNoDoubleBooking(control, states);
+    }
   });
 });

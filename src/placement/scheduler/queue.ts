@@ -115,7 +115,7 @@ export function scheduleQueue(cluster: ClusterState, pending: readonly PendingJo
  * The peers a blocked job would fill first as capacity frees: among peers that could ever run a
  * member, those with the most free thousandths of eligible GPUs (host CPU to break ties).
  */
-function reservationFor(cluster: ClusterState, request: PlacementRequest, scheduler: Scheduler): PeerState[] {
+export function reservationFor(cluster: ClusterState, request: PlacementRequest, scheduler: Scheduler): PeerState[] {
   const shape = scheduler.shapesFor(cluster, request)[0];
   if (shape === undefined) return [];
   const cycle = makeFilterCycle(request, shape.member, scheduler.eligibility, null, null);
