@@ -72,6 +72,15 @@ export interface RaftNodeOptions {
   heartbeatTick?: number;
   /** Take a state-machine snapshot (and compact the log) after this many applied entries. */
   snapshotEvery?: number;
+  /**
+   * ...and only once the entries applied since the last snapshot add up to this fraction of its
+   * size in bytes (default 1; 0: by count alone). A snapshot writes the whole state and stops the
+   * event loop while it is serialized (~0.2 s for 40,000 jobs): with a fixed count a large state
+   * would be rewritten many times over for little log; tied to the log it costs at most as many
+   * bytes as the log itself, and no more log is kept than the state is large (etcd keeps 100,000
+   * entries by default for the same reason).
+   */
+  snapshotLogRatio?: number;
   /** Entries kept in the log behind a snapshot, so a briefly lagging follower needs no snapshot. */
   compactKeep?: number;
   maxSizePerMsg?: number;
@@ -160,6 +169,10 @@ export class RaftNode {
   readonly #tickMs: number;
   readonly #electionTick: number;
   readonly #snapshotEvery: number;
+  readonly #snapshotLogRatio: number;
+  /** Size of the latest snapshot (taken, installed or loaded), and entry bytes applied since. */
+  #snapshotBytes = 0;
+  #appliedBytesSinceSnapshot = 0;
   readonly #compactKeep: number;
   readonly #maxInboxMessages: number;
   readonly #warnings: RateLimitedWarnings;
@@ -196,6 +209,7 @@ export class RaftNode {
     this.#tickMs = opts.tickMs ?? DEFAULT_TICK_MS;
     this.#electionTick = opts.electionTick ?? DEFAULT_ELECTION_TICK;
     this.#snapshotEvery = opts.snapshotEvery ?? 10_000;
+    this.#snapshotLogRatio = opts.snapshotLogRatio ?? 1;
     this.#compactKeep = opts.compactKeep ?? 1_000;
     this.#maxInboxMessages = opts.maxInboxMessages ?? 50_000;
     this.#warnings = new RateLimitedWarnings(opts.log, 10_000);
@@ -214,6 +228,7 @@ export class RaftNode {
     this.#store = store;
     const snap = store.snapshot();
     this.#snapshotIndex = snap.metadata.index;
+    this.#snapshotBytes = snap.data.byteLength;
     this.#applied = snap.metadata.index;
     this.#conf = snap.metadata.confState;
     if (snap.metadata.index > 0) this.#sm.restore(snap.data);
@@ -443,6 +458,8 @@ export class RaftNode {
     this.#sm.restore(data);
     this.#applied = index;
     this.#snapshotIndex = index;
+    this.#snapshotBytes = data.byteLength;
+    this.#appliedBytesSinceSnapshot = 0;
     this.#conf = conf;
     // Whatever was proposed up to here is in the snapshot or was overwritten: we cannot tell which.
     for (const [i, p] of this.#proposals) {
@@ -456,6 +473,7 @@ export class RaftNode {
   #applyEntry(raw: RawNode, e: Entry): void {
     if (e.index !== this.#applied + 1) throw new FabricError('INTERNAL', `asked to apply entry ${e.index} after ${this.#applied}`);
     this.#applied = e.index;
+    this.#appliedBytesSinceSnapshot += e.data.byteLength;
     const pending = this.#proposals.get(e.index);
     if (pending !== undefined) this.#proposals.delete(e.index);
     if (e.type === 'conf-change') {
@@ -527,9 +545,13 @@ export class RaftNode {
    */
   #maybeSnapshot(): void {
     if (this.#applied - this.#snapshotIndex < this.#snapshotEvery) return;
+    if (this.#appliedBytesSinceSnapshot < this.#snapshotBytes * this.#snapshotLogRatio) return;
     const store = this.#store!;
-    store.createSnapshot(this.#applied, this.#conf, this.#sm.snapshot());
+    const data = this.#sm.snapshot();
+    store.createSnapshot(this.#applied, this.#conf, data);
     this.#snapshotIndex = this.#applied;
+    this.#snapshotBytes = data.byteLength;
+    this.#appliedBytesSinceSnapshot = 0;
     const to = this.#applied - this.#compactKeep;
     if (to >= store.firstIndex()) store.compact(to);
     // Durable with the next Ready's sync (or at close): losing it in a crash only costs a replay.

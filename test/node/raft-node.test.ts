@@ -72,6 +72,7 @@ async function startMember(name: string, opts: { key?: PrivateKey; bootstrap?: b
     log: recordingLogger(logs),
     ...(opts.bootstrap === true ? { bootstrap: { voters: [host.peerId.toString()] } } : {}),
     snapshotEvery: SNAPSHOT_EVERY,
+    snapshotLogRatio: 0, // by count alone: the toy state machine's snapshot is its whole history
     compactKeep: COMPACT_KEEP,
   });
   await node.start();
@@ -316,5 +317,29 @@ describe('RaftNode over libp2p', () => {
     await waitFor('the transferee to lead', () => target.node.status().role === 'leader');
     const w = await propose(target, 'after-transfer');
     await waitApplied([...members.values()], w.index);
+  });
+
+  it('snapshots once the log since the last one is as large as it (snapshotLogRatio 1)', async () => {
+    const host = await createHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
+    extraHosts.push(host);
+    const logs: LogLine[] = [];
+    const sm = new HistoryMachine();
+    const node = new RaftNode({ host, dir: join(root, 'solo'), stateMachine: sm, log: recordingLogger(logs), bootstrap: { voters: [host.peerId.toString()] }, snapshotEvery: 10, snapshotLogRatio: 1 });
+    await node.start();
+    try {
+      await waitFor('the solo node to lead', () => node.status().role === 'leader');
+      for (let i = 0; i < 120; i++) await node.propose(new TextEncoder().encode(`entry-${String(i).padStart(4, '0')}`), { signal: AbortSignal.timeout(5_000) });
+      const taken = logs.filter((l) => l.msg === 'snapshot taken, log compacted').map((l) => l.fields['index'] as number);
+      // The snapshot (the whole history) grows with every entry, so once it outweighs ten
+      // entries the log between two snapshots must grow with it; by count alone there would be 12.
+      expect(taken.length).toBeGreaterThanOrEqual(3);
+      expect(taken.length).toBeLessThan(12);
+      const gaps = taken.slice(1).map((index, i) => index - taken[i]!);
+      for (let i = 1; i < gaps.length; i++) expect(gaps[i]!).toBeGreaterThanOrEqual(gaps[i - 1]!);
+      expect(gaps.at(-1)!).toBeGreaterThan(10);
+      expect(node.status().snapshotIndex).toBe(taken.at(-1));
+    } finally {
+      await node.stop();
+    }
   });
 });
