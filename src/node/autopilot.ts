@@ -14,6 +14,8 @@
  *     zone with the fewest voters, so voters spread over failure domains.
  *  2. Remove a voter that has been dead longer than the grace period once its replacement votes
  *     (there are more voters than the target), or when no healthy peer could replace it.
+ *  2b. Demote a voter to learner when more voters than the target are alive (a replaced voter
+ *     came back before it was removed).
  *  3. Remove a learner that has been dead longer than the grace period.
  *  4. Add a healthy peer that is not in the group as a learner.
  *
@@ -50,6 +52,7 @@ export interface AutopilotInput {
 export type AutopilotAction =
   | { type: 'promote'; peer: string; why: string }
   | { type: 'remove'; peer: string; why: string }
+  | { type: 'demote'; peer: string; why: string }
   | { type: 'add-learner'; peer: string; why: string };
 
 export const DEFAULT_MAX_VOTERS = 5;
@@ -100,6 +103,15 @@ export function planVoterChange(input: AutopilotInput): AutopilotAction | null {
     const peer = [...deadVoters].sort()[0]!;
     const p = byId.get(peer)!;
     return { type: 'remove', peer, why: `voter dead for ${Math.round(p.healthForMs / 1000)} s (grace ${Math.round(input.deadGraceMs / 1000)} s)` };
+  }
+
+  // 2b. More voters than the target, all alive (a voter dead past its grace was replaced, then
+  // came back before it was removed): one goes back to being a learner, from the most
+  // represented zone, never the leader itself. Only when every voter is alive, so that the group
+  // never gives up a vote while one of them is in doubt.
+  if (deadVoters.length === 0 && input.voters.length > target && input.voters.every((id) => health(id) === 'alive')) {
+    const excess = input.voters.filter((id) => id !== input.self).sort((a, b) => -byZoneThenId(a, b));
+    if (excess.length > 0) return { type: 'demote', peer: excess[0]!, why: `${input.voters.length} voters alive, target ${target}` };
   }
 
   // 3. A long-dead learner goes.

@@ -489,6 +489,7 @@ export class ControlPlane {
     const signal = AbortSignal.timeout(5_000);
     switch (action.type) {
       case 'add-learner':
+      case 'demote': // a voter added as a learner is demoted (etcd's semantics, see progress.ts)
         await this.#raft.addLearner(action.peer, { signal });
         return;
       case 'promote':

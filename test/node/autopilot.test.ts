@@ -45,6 +45,17 @@ describe('autopilot', () => {
     expect(planVoterChange(input({ voters: ['a', 'b', 'c'], peers }))).toMatchObject({ type: 'remove', peer: 'c' });
   });
 
+  test('a replaced voter that comes back alive makes one voter too many: one is demoted, never the leader, only when all are alive', () => {
+    const voters = ['a', 'b', 'c', 'd', 'e', 'f'];
+    const match = new Map(voters.map((v) => [v, 10]));
+    const peers = [peer('a', 'z1'), peer('b', 'z1'), peer('c', 'z1'), peer('d', 'z2'), peer('e', 'z3'), peer('f', 'z2')];
+    // z1 holds three voters, one of them the leader: one of the other two goes.
+    expect(planVoterChange(input({ voters, match, peers }))).toMatchObject({ type: 'demote', peer: 'c' });
+    const doubtful = peers.map((p) => (p.peerId === 'd' ? { ...p, health: 'suspect' as const } : p));
+    expect(planVoterChange(input({ voters, match, peers: doubtful }))).toBeNull();
+    expect(planVoterChange(input({ voters: voters.slice(0, 5), learners: ['f'], match, peers }))).toBeNull();
+  });
+
   test('suspect or unknown voters are never removed', () => {
     const peers = [peer('a', 'z1'), peer('b', 'z2', 'suspect', 999_999)];
     expect(planVoterChange(input({ voters: ['a', 'b', 'c'], match: new Map([['b', 10], ['c', 10]]), peers }))).toBeNull();
@@ -69,6 +80,12 @@ describe('autopilot', () => {
             expect(action.peer).not.toBe('a');
             expect(p.health).toBe('dead');
             expect(p.healthForMs).toBeGreaterThanOrEqual(30_000);
+          } else if (action.type === 'demote') {
+            // Only with every voter alive, and more of them than the target; never itself.
+            expect(action.peer).not.toBe('a');
+            expect(voters).toContain(action.peer);
+            for (const v of voters) expect(peers.find((x) => x.peerId === v)!.health).toBe('alive');
+            expect(voters.length).toBeGreaterThan(voterTarget(peers.filter((x) => x.health === 'alive').length));
           } else {
             expect(p.health).toBe('alive');
             if (action.type === 'promote') expect(learners).toContain(action.peer);
