@@ -52,6 +52,7 @@
  * Everything it starts (processes, temp data dirs) is removed at the end and on SIGINT/SIGTERM;
  * every wait is bounded.
  */
+import { intFlag } from './args.ts';
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os, { tmpdir } from 'node:os';
@@ -125,32 +126,27 @@ export function parseGossipArgs(args: string[]): GossipBenchOptions {
       verbose: { type: 'boolean', default: false },
     },
   });
-  const int = (name: string, raw: string, min: number, max: number): number => {
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
-    return n;
-  };
-  const nodes = int('nodes', values.nodes, 2, 512);
-  const kills = int('kills', values.kills, 0, nodes - 2);
+  const nodes = intFlag('nodes', values.nodes, 2, 512);
+  const kills = intFlag('kills', values.kills, 0, nodes - 2);
   const signal = values['kill-signal'].toUpperCase().replace(/^SIG/, '');
   if (signal !== 'KILL' && signal !== 'STOP') throw new Error(`--kill-signal must be KILL or STOP, got ${values['kill-signal']}`);
   const logLevel = parseLogLevel(values['log-level']);
   return {
     nodes,
     kills,
-    changes: int('changes', values.changes, 0, 10_000),
-    durationS: int('duration', values.duration, 0, 24 * 3600),
-    perProcess: int('per-process', values['per-process'], 1, 512),
+    changes: intFlag('changes', values.changes, 0, 10_000),
+    durationS: intFlag('duration', values.duration, 0, 24 * 3600),
+    perProcess: intFlag('per-process', values['per-process'], 1, 512),
     killSignal: signal === 'KILL' ? 'SIGKILL' : 'SIGSTOP',
     profile: values.profile,
     logLevel: logLevel as LogLevel,
     // setInterval treats anything above 2^31-1 ms as 1 ms: "off" is a period of ~23 days.
-    rediscoverMs: int('rediscover-ms', values['rediscover-ms'], 0, 2_000_000_000) || 2_000_000_000,
-    settleS: int('settle', values.settle, 0, 3600),
-    formTimeoutS: int('form-timeout', values['form-timeout'], 10, 3600),
-    joinConcurrency: int('join-concurrency', values['join-concurrency'], 1, 512),
-    changeTimeoutMs: int('change-timeout-ms', values['change-timeout-ms'], 100, 600_000),
-    detectTimeoutMs: int('detect-timeout-ms', values['detect-timeout-ms'], 100, 600_000),
+    rediscoverMs: intFlag('rediscover-ms', values['rediscover-ms'], 0, 2_000_000_000) || 2_000_000_000,
+    settleS: intFlag('settle', values.settle, 0, 3600),
+    formTimeoutS: intFlag('form-timeout', values['form-timeout'], 10, 3600),
+    joinConcurrency: intFlag('join-concurrency', values['join-concurrency'], 1, 512),
+    changeTimeoutMs: intFlag('change-timeout-ms', values['change-timeout-ms'], 100, 600_000),
+    detectTimeoutMs: intFlag('detect-timeout-ms', values['detect-timeout-ms'], 100, 600_000),
     verbose: values.verbose,
   };
 }

@@ -21,6 +21,7 @@
  * (1000 ms), the Raft paper's measured worst case (513 ms with 150–300 ms timeouts), and this
  * disk's fsync latency measured in the same run (every commit waits for at least one).
  */
+import { intFlag } from './args.ts';
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, openSync, writeSync, fsyncSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -65,20 +66,15 @@ export function parseRaftArgs(args: string[]): RaftBenchOptions {
     },
     strict: true,
   });
-  const int = (name: string, v: string, min: number, max: number): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
-    return n;
-  };
-  const voters = int('voters', values.voters, 3, 5);
+  const voters = intFlag('voters', values.voters, 3, 5);
   if (voters === 4) throw new Error('--voters must be 3 or 5');
   const level = parseLogLevel(values['log-level']);
   return {
     voters,
-    kills: int('kills', values.kills, 0, 10_000),
-    concurrency: int('concurrency', values.concurrency, 1, 10_000),
-    rate: int('rate', values.rate, 1, 100_000),
-    loadS: int('load-s', values['load-s'], 1, 3_600),
+    kills: intFlag('kills', values.kills, 0, 10_000),
+    concurrency: intFlag('concurrency', values.concurrency, 1, 10_000),
+    rate: intFlag('rate', values.rate, 1, 100_000),
+    loadS: intFlag('load-s', values['load-s'], 1, 3_600),
     logLevel: level,
     ...(values.profile !== undefined ? { profileDir: values.profile } : {}),
   };

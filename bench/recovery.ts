@@ -11,6 +11,7 @@
  * References printed beside: the target (p99 <= 5000 ms) and how long others take to react to a
  * lost node by default (Kubernetes evicts after ~300 s + 40 s, Nomad ~20 s, Ray 20-55 s).
  */
+import { intFlag } from './args.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -54,18 +55,13 @@ export function parseRecoveryArgs(args: string[]): RecoveryOptions {
     },
     strict: true,
   });
-  const int = (name: string, v: string, min: number, max: number): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
-    return n;
-  };
   return {
-    kills: int('kills', values.kills, 1, 1000),
-    daemons: int('daemons', values.daemons, 3, 8),
-    stateMiB: int('state-mib', values['state-mib'], 1, 16_384),
-    checkpointEvery: int('checkpoint-every', values['checkpoint-every'], 1, 100_000),
-    stepMs: int('step-ms', values['step-ms'], 1, 60_000),
-    timeoutS: int('timeout-s', values['timeout-s'], 5, 3600),
+    kills: intFlag('kills', values.kills, 1, 1000),
+    daemons: intFlag('daemons', values.daemons, 3, 8),
+    stateMiB: intFlag('state-mib', values['state-mib'], 1, 16_384),
+    checkpointEvery: intFlag('checkpoint-every', values['checkpoint-every'], 1, 100_000),
+    stepMs: intFlag('step-ms', values['step-ms'], 1, 60_000),
+    timeoutS: intFlag('timeout-s', values['timeout-s'], 5, 3600),
     logLevel: parseLogLevel(values['log-level']),
   };
 }

@@ -30,6 +30,7 @@
  *
  * Everything it starts (processes, temp directories) is removed at the end and on SIGINT/SIGTERM.
  */
+import { intFlag } from './args.ts';
 import { fork, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -88,19 +89,14 @@ export function parseReplicationArgs(args: string[]): ReplicationBenchOptions {
       dir: { type: 'string' },
     },
   });
-  const int = (name: string, raw: string, min: number, max: number): number => {
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
-    return n;
-  };
   const transport = values.transport;
   if (!isHostVariant(transport)) throw new Error(`--transport must be one of ${HOST_VARIANTS.join(', ')}, got ${transport}`);
   return {
-    sizeMiB: int('size-mib', values['size-mib'], 1, 64 * 1024),
-    peers: int('peers', values.peers, 1, 8),
-    changedPct: int('changed-pct', values['changed-pct'], 1, 100),
-    streams: int('streams', values.streams, 1, 16),
-    windowMiB: int('window-mib', values['window-mib'], 17, 64),
+    sizeMiB: intFlag('size-mib', values['size-mib'], 1, 64 * 1024),
+    peers: intFlag('peers', values.peers, 1, 8),
+    changedPct: intFlag('changed-pct', values['changed-pct'], 1, 100),
+    streams: intFlag('streams', values.streams, 1, 16),
+    windowMiB: intFlag('window-mib', values['window-mib'], 17, 64),
     transport,
     dir: values.dir,
   };
