@@ -7,6 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NodeView, StatusResponse } from '../../src/api/schemas.ts';
+import { FabricClient } from '../../src/client/client.ts';
 
 export const CLI = join(import.meta.dirname, '..', '..', 'src', 'node', 'main.ts');
 
@@ -112,6 +113,23 @@ export class Fabric {
     return d;
   }
 
+  /**
+   * A fabric of loopback daemons on simulated GPUs: the first inits it, the others join; resolves
+   * once every one holds a replica of the Raft log (jobs go only to peers that do).
+   */
+  async startGroup(members: readonly { name: string; zone: string; gpus: string }[]): Promise<DaemonProcess[]> {
+    const flags = (m: (typeof members)[number]) => [...LOOPBACK, '--zone', m.zone, '--simulate-gpus', m.gpus];
+    const [first, ...rest] = members.map((m) => ({ m, d: this.daemon(m.name) }));
+    await first!.d.start(['init', ...flags(first!.m)]);
+    const token = (await first!.d.cli(['token'])).stdout.trim();
+    await Promise.all(rest.map(({ m, d }) => d.start(['join', token, ...flags(m)])));
+    await waitFor(`${members.length} members`, async () => {
+      const r = await FabricClient.fromDataDir(first!.d.dataDir).raftPeers();
+      return r.peers.length === members.length && r.peers.every((p) => p.match > 0) ? r : undefined;
+    }, 60_000, 200);
+    return [first!.d, ...rest.map(({ d }) => d)];
+  }
+
   async cleanup(): Promise<void> {
     await Promise.all(this.daemons.map((d) => d.kill9()));
     rmSync(this.root, { recursive: true, force: true });
@@ -120,3 +138,11 @@ export class Fabric {
 
 /** Flags for a loopback daemon with ephemeral ports. */
 export const LOOPBACK = ['--listen', '/ip4/127.0.0.1/tcp/0', '--api-port', '0'];
+
+/** `fabric run ARGS` from daemon `d`'s data dir; the job id it printed. */
+export async function runJob(d: DaemonProcess, args: string[]): Promise<string> {
+  // --data-dir before the command: everything after `--` is the job's.
+  const r = await runCli(['run', '--data-dir', d.dataDir, ...args]);
+  if (r.code !== 0) throw new Error(`fabric run failed (${r.code}): ${r.stderr}`);
+  return r.stdout.trim().split('\n')[0]!;
+}

@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { readFileSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Fabric, LOOPBACK, runCli, waitFor, type DaemonProcess } from './harness.ts';
+import { Fabric, runCli, runJob, waitFor, type DaemonProcess } from './harness.ts';
 import { FabricClient } from '../../src/client/client.ts';
 import type { JobDetail } from '../../src/api/schemas.ts';
 
@@ -25,28 +25,13 @@ describe('jobs across three daemons', () => {
       const j = await jobOf(d, id);
       return states.includes(j.state) ? j : undefined;
     }, timeoutMs, 100);
-  const runJob = async (d: DaemonProcess, args: string[]): Promise<string> => {
-    // --data-dir before the command: everything after `--` is the job's.
-    const r = await runCli(['run', '--data-dir', d.dataDir, ...args]);
-    expect(r.code, r.stderr).toBe(0);
-    return r.stdout.trim().split('\n')[0]!;
-  };
 
   beforeAll(async () => {
-    a = fabric.daemon('a');
-    b = fabric.daemon('b');
-    c = fabric.daemon('c');
-    await a.start(['init', ...LOOPBACK, '--zone', 'z1', '--simulate-gpus', 'h100-sxm-8']);
-    const token = (await a.cli(['token'])).stdout.trim();
-    await Promise.all([
-      b.start(['join', token, ...LOOPBACK, '--zone', 'z2', '--simulate-gpus', 'a100-sxm-8']),
-      c.start(['join', token, ...LOOPBACK, '--zone', 'z2', '--simulate-gpus', 'l40s-1']),
-    ]);
-    // Every peer in the Raft group (jobs go only to peers that hold a replica).
-    await waitFor('three members', async () => {
-      const r = await client(a).raftPeers();
-      return r.peers.length === 3 && r.peers.every((p) => p.match > 0) ? r : undefined;
-    }, 60_000, 200);
+    [a, b, c] = await fabric.startGroup([
+      { name: 'a', zone: 'z1', gpus: 'h100-sxm-8' },
+      { name: 'b', zone: 'z2', gpus: 'a100-sxm-8' },
+      { name: 'c', zone: 'z2', gpus: 'l40s-1' },
+    ]) as [DaemonProcess, DaemonProcess, DaemonProcess];
   }, 90_000);
 
   afterAll(async () => {

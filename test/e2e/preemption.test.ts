@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Fabric, LOOPBACK, runCli, waitFor, type DaemonProcess } from './harness.ts';
+import { Fabric, runJob, waitFor, type DaemonProcess } from './harness.ts';
 import { FabricClient } from '../../src/client/client.ts';
 
 const TRAIN = join(import.meta.dirname, '..', '..', 'examples', 'train', 'train.ts');
@@ -23,30 +23,17 @@ describe('preemption: checkpoint, then evict', () => {
   let small2: DaemonProcess;
   const client = (d: DaemonProcess) => FabricClient.fromDataDir(d.dataDir);
   const jobOf = (d: DaemonProcess, id: string) => client(d).job(id);
-  const runJob = async (d: DaemonProcess, args: string[]): Promise<string> => {
-    const r = await runCli(['run', '--data-dir', d.dataDir, ...args]);
-    expect(r.code, r.stderr).toBe(0);
-    return r.stdout.trim().split('\n')[0]!;
-  };
   const logOf = (d: DaemonProcess, id: string, stream = 'stdout'): string => {
     const path = join(d.dataDir, 'jobs', id, 'logs', `${stream}.log`);
     return existsSync(path) ? readFileSync(path, 'utf8') : '';
   };
 
   beforeAll(async () => {
-    big = fabric.daemon('big');
-    small1 = fabric.daemon('small1');
-    small2 = fabric.daemon('small2');
-    await big.start(['init', ...LOOPBACK, '--zone', 'z1', '--simulate-gpus', 'h100-sxm-8']);
-    const token = (await big.cli(['token'])).stdout.trim();
-    await Promise.all([
-      small1.start(['join', token, ...LOOPBACK, '--zone', 'z2', '--simulate-gpus', 'l40s-1']),
-      small2.start(['join', token, ...LOOPBACK, '--zone', 'z2', '--simulate-gpus', 'l40s-1']),
-    ]);
-    await waitFor('three members', async () => {
-      const r = await client(big).raftPeers();
-      return r.peers.length === 3 && r.peers.every((p) => p.match > 0) ? r : undefined;
-    }, 60_000, 200);
+    [big, small1, small2] = await fabric.startGroup([
+      { name: 'big', zone: 'z1', gpus: 'h100-sxm-8' },
+      { name: 'small1', zone: 'z2', gpus: 'l40s-1' },
+      { name: 'small2', zone: 'z2', gpus: 'l40s-1' },
+    ]) as [DaemonProcess, DaemonProcess, DaemonProcess];
   }, 90_000);
 
   afterAll(async () => {
