@@ -6,6 +6,7 @@
  * that every acknowledged write can be looked for at the end.
  */
 import { randomBytes } from 'node:crypto';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { Daemon } from '../src/node/daemon.ts';
 import { initDataDir, joinDataDir } from '../src/node/setup.ts';
 import { createLogger, type LogLevel } from '../src/node/system.ts';
@@ -78,18 +79,25 @@ async function start(msg: Extract<ToRaftWorker, { t: 'start' }>): Promise<void> 
   if (msg.mode === 'join') await joinDataDir({ dataDir: msg.dataDir, flags, token: msg.token!, defaults });
   daemon = await Daemon.start({ dataDir: msg.dataDir, log: createLogger(msg.logLevel), rediscoverMs: 2_000_000_000 });
   watchLeadership(daemon);
-  if (process.env['FABRIC_BENCH_STALLS'] === '1') reportStalls(daemon.peerId.slice(-6));
+  const stalls = process.env['FABRIC_BENCH_STALLS'];
+  if (stalls !== undefined && stalls !== '' && stalls !== '0') reportStalls(daemon.peerId.slice(-6), stalls === '1' ? 100 : Number(stalls));
   send({ t: 'up', peerId: daemon.peerId, token: daemon.joinToken() });
 }
 
-/** For finding the cause of a slow failover: prints every event-loop stall over 100 ms (stderr). */
-function reportStalls(name: string): void {
+/** For finding the cause of a slow failover or commit: prints every event-loop stall over `overMs` (FABRIC_BENCH_STALLS=1: 100 ms; =N: N ms) on stderr. */
+function reportStalls(name: string, overMs: number): void {
   let last = performance.now();
   setInterval(() => {
     const now = performance.now();
-    if (now - last > 110) process.stderr.write(`[stall] ${name} ${Math.round(now - last)} ms ending at ${new Date(wallNow()).toISOString()} role ${daemon!.control.localStatus().role}\n`);
+    if (now - last > overMs + 10) process.stderr.write(`[stall] ${name} ${Math.round(now - last)} ms ending at ${new Date(wallNow()).toISOString()} role ${daemon!.control.localStatus().role}\n`);
     last = now;
   }, 10).unref();
+  // Garbage collections long enough to matter, to tell them from the daemon's own work.
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if (e.duration > overMs / 2) process.stderr.write(`[gc] ${name} ${Math.round(e.duration)} ms kind ${String((e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind)} ending at ${new Date(performance.timeOrigin + e.startTime + e.duration).toISOString()}\n`);
+    }
+  }).observe({ entryTypes: ['gc'] });
 }
 
 /** Reports the moment this node, newly leader, has committed an entry of its own term. */

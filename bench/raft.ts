@@ -212,13 +212,13 @@ export async function runRaftBench(opts: RaftBenchOptions, io: { progress(line: 
     const tp = await ask<Extract<FromRaftWorker, { t: 'load-done' }>>(workerOf(leader.peerId), (id) => ({ t: 'closed-load', id, concurrency: opts.concurrency, durationMs: opts.loadS * 1000 }), 'load-done', opts.loadS * 1000 + 60_000);
     const commitsPerS = tp.acks / (tp.elapsedMs / 1000);
     const tpLat = tp.latenciesMs.sort((a, b) => a - b);
-    say(`throughput: ${Math.round(commitsPerS)} commits/s with ${opts.concurrency} writers (p50 ${round1(percentile(tpLat, 50))} ms, ${tp.errors} errors)`);
+    say(`${new Date().toISOString()} throughput: ${Math.round(commitsPerS)} commits/s with ${opts.concurrency} writers (p50 ${round1(percentile(tpLat, 50))} ms, ${tp.errors} errors)`);
 
     // ---- 3. latency at the offered rate ----
     leader = await whole('the group after the throughput phase');
     const lat = await ask<Extract<FromRaftWorker, { t: 'load-done' }>>(workerOf(leader.peerId), (id) => ({ t: 'open-load', id, ratePerS: opts.rate, durationMs: opts.loadS * 1000 }), 'load-done', opts.loadS * 1000 + 60_000);
     const latSorted = lat.latenciesMs.sort((a, b) => a - b);
-    say(`latency at ${opts.rate}/s: p50 ${round1(percentile(latSorted, 50))} ms, p99 ${round1(percentile(latSorted, 99))} ms (${lat.errors} errors)`);
+    say(`${new Date().toISOString()} latency at ${opts.rate}/s: p50 ${round1(percentile(latSorted, 50))} ms, p99 ${round1(percentile(latSorted, 99))} ms (${lat.errors} errors)`);
 
     // ---- 4. failover ----
     const failovers: number[] = [];

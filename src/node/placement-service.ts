@@ -214,6 +214,15 @@ export class PlacementService {
   #quotaKey = '';
   /** Capacity generation: bumped whenever capacity may have grown (see the header). */
   #capacity = 0;
+  /**
+   * The last pass that looked at every job it had to: its replica, capacity generation and the
+   * replica's waiting-entry sequence then. At the same replica and capacity every waiting job it
+   * saw is unfit, in flight, or in #recheck, so the next pass looks only at the jobs that entered
+   * the queue since and at #recheck: a 50k-job queue that cannot run costs nothing per pass.
+   */
+  #looked: { state: object; capacity: number; seq: number } | undefined;
+  /** Waiting jobs a pass set aside without deciding (held preemptors, answered proposals, a lagging working state). */
+  readonly #recheck = new Set<string>();
   /** Planning stopped for commits to come back (in-flight limit, a victim in flight). */
   #waitingOnCommits = false;
   #soonScheduled = false;
@@ -534,8 +543,9 @@ export class PlacementService {
   #planPass(cluster: ClusterState): PassOutcome {
     const now = this.#o.wallNow();
     const capacity = this.#capacity;
-    const all = this.#o.control.state.waitingJobs();
-    this.#forgetGone(all);
+    const state = this.#o.control.state;
+    const { jobs: all, looking } = this.#jobsToLookAt(state, capacity);
+    this.#forgetGone(state.waitingCount());
     const started = performance.now();
     // Jobs of one shape (the same placement request but for the job id) fit or not together: a
     // shape that did not fit at this capacity is not planned again, and a long queue of like jobs
@@ -544,13 +554,21 @@ export class PlacementService {
     let parsed = 0;
     for (const job of all) {
       // Cheapest test first: in a long queue most jobs are known not to fit at this capacity.
-      if (this.#unfit.get(job.id) === capacity || this.#inFlight.has(job.id) || (this.#holdUntil.get(job.id) ?? 0) > now) continue;
+      if (this.#unfit.get(job.id) === capacity || this.#inFlight.has(job.id)) {
+        this.#recheck.delete(job.id);
+        continue;
+      }
+      if ((this.#holdUntil.get(job.id) ?? 0) > now) {
+        this.#recheck.add(job.id);
+        continue;
+      }
       // A new leader knows no shapes yet (a spec parse each): a long queue takes a few passes,
       // each parsing some (the scan of known shapes is cheap and always completes).
       if (!this.#requests.has(job.id) && ++parsed % 64 === 0 && performance.now() - started > PASS_BUDGET_MS) return { proposals: [], more: true };
       const shape = this.#shapeOf(job);
       if (shape === null || this.#unfitShapes.get(shape) === capacity) {
         this.#unfit.set(job.id, capacity);
+        this.#recheck.delete(job.id);
         continue;
       }
       candidates.push(job);
@@ -577,16 +595,21 @@ export class PlacementService {
       const shape = this.#shapeOf(job)!;
       if (this.#unfitShapes.get(shape) === capacity) {
         this.#unfit.set(job.id, capacity);
+        this.#recheck.delete(job.id);
         continue;
       }
       // A preemptor whose hold ended plans again, first giving back what was kept for it.
       if (this.#reserved.delete(job.id)) cluster.release(job.id);
-      if (cluster.jobs.has(job.id)) continue; // committed state says waiting, the working state lags: next pass
+      if (cluster.jobs.has(job.id)) {
+        this.#recheck.add(job.id); // committed state says waiting, the working state lags: next pass
+        continue;
+      }
       const result = this.#plan(cluster, job, this.#reservedFor(job));
       planned++;
       if (result === undefined || result.plan === null) {
         this.#unfitShapes.set(shape, capacity);
         this.#unfit.set(job.id, capacity);
+        this.#recheck.delete(job.id);
         if (result !== undefined) this.#maybeReserve(cluster, job, result, now);
         continue;
       }
@@ -594,7 +617,10 @@ export class PlacementService {
       const plan = result.plan;
       if (plan.preemptions.length > 0) {
         // A victim that holds no committed placement (devices kept for another preemptor) is not one.
-        if (plan.preemptions.some((v) => this.#reserved.has(v.jobId))) continue;
+        if (plan.preemptions.some((v) => this.#reserved.has(v.jobId))) {
+          this.#recheck.add(job.id);
+          continue;
+        }
         // Victims whose own placement is not committed yet cannot be released yet: plan again once it is.
         const pending = new Set([...this.#inFlight.keys(), ...proposals.map((p) => p.job.id)]);
         if (plan.preemptions.some((v) => pending.has(v.jobId))) {
@@ -617,9 +643,36 @@ export class PlacementService {
       const members = membersOf(plan);
       cluster.place(meta, members);
       if (job.preemptible) preemptiblePlaced = true;
+      this.#recheck.delete(job.id);
       proposals.push({ job, epoch, plan, explain: result.explain, meta, members });
     }
+    // Every job looked at is decided or set aside: the next pass at this capacity starts from here.
+    this.#looked = looking;
     return done({ more: false });
+  }
+
+  /**
+   * The waiting jobs a pass looks at, and what to remember of it once it has looked at them all:
+   * every waiting job on a new replica or capacity generation (or before any pass completed);
+   * otherwise only those that entered the queue since #looked, and #recheck.
+   */
+  #jobsToLookAt(state: PlacementControl['state'], capacity: number): { jobs: Readonly<Job>[]; looking: { state: object; capacity: number; seq: number } } {
+    const last = this.#looked;
+    if (last === undefined || last.state !== state || last.capacity !== capacity) {
+      this.#recheck.clear();
+      const { jobs, seq } = state.waitingAddedAfter(0);
+      return { jobs, looking: { state, capacity, seq } };
+    }
+    const { jobs, seq } = state.waitingAddedAfter(last.seq);
+    if (this.#recheck.size > 0) {
+      const listed = new Set(jobs.map((j) => j.id));
+      for (const id of this.#recheck) {
+        const job = state.job(id);
+        if (job === undefined || !WAITING.has(job.state)) this.#recheck.delete(id);
+        else if (!listed.has(id)) jobs.push(job);
+      }
+    }
+    return { jobs, looking: { state, capacity, seq } };
   }
 
   /** Proposes a planned placement; the job stays out of planning until the answer comes. */
@@ -656,6 +709,8 @@ export class PlacementService {
       .finally(() => {
         this.#inFlight.delete(jobId);
         this.#settled++;
+        // Still waiting (refused, or the answer never came): the next pass looks at it again.
+        this.#recheck.add(jobId);
         if (this.#waitingOnCommits) {
           this.#waitingOnCommits = false;
           this.#soon();
@@ -767,17 +822,16 @@ export class PlacementService {
     return this.#known(job)?.shape ?? null;
   }
 
-  /** Drops what is remembered of jobs that no longer wait. */
-  #forgetGone(waiting: readonly Readonly<Job>[]): void {
-    const n = waiting.length;
-    if (this.#reservation !== null && !WAITING.has(this.#o.control.state.job(this.#reservation.jobId)?.state ?? 'gone')) this.#endReservation();
-    for (const id of this.#reserved.keys()) if (!WAITING.has(this.#o.control.state.job(id)?.state ?? 'gone')) this.#reserved.delete(id);
+  /** Drops what is remembered of jobs that no longer wait, once there is more of it than waiting jobs (`waiting`). */
+  #forgetGone(waiting: number): void {
+    const state = this.#o.control.state;
+    const gone = (id: string) => !WAITING.has(state.job(id)?.state ?? 'gone');
+    if (this.#reservation !== null && gone(this.#reservation.jobId)) this.#endReservation();
+    for (const id of this.#reserved.keys()) if (gone(id)) this.#reserved.delete(id);
+    // Twice the queue: the walk below then runs once per queue's worth of jobs gone, not each pass.
+    const n = 2 * waiting + 64;
     if (this.#unfit.size <= n && this.#requests.size <= n && this.#refusals.size <= n && this.#holdUntil.size <= n && this.#unfitShapes.size <= 1024) return;
-    const ids = new Set(waiting.map((j) => j.id));
-    for (const id of this.#unfit.keys()) if (!ids.has(id)) this.#unfit.delete(id);
-    for (const id of this.#requests.keys()) if (!ids.has(id)) this.#requests.delete(id);
-    for (const id of this.#refusals.keys()) if (!ids.has(id)) this.#refusals.delete(id);
-    for (const id of this.#holdUntil.keys()) if (!ids.has(id)) this.#holdUntil.delete(id);
+    for (const map of [this.#unfit, this.#requests, this.#refusals, this.#holdUntil]) for (const id of map.keys()) if (gone(id)) map.delete(id);
     if (this.#unfitShapes.size > 1024) this.#unfitShapes.clear();
   }
 

@@ -196,6 +196,33 @@ describe('placement service', () => {
     expect(scheduler.calls).toBe(settled);
   });
 
+  it('at unchanged capacity a pass looks only at the jobs that entered the queue since the last; new capacity looks at them all', async () => {
+    const { control, states } = setupFabric(1, 1);
+    for (let i = 0; i < 300; i++) await submit(control, `big-${String(i).padStart(3, '0')}`, 2);
+    // How many waiting jobs each pass is handed.
+    const looked: number[] = [];
+    const added = control.state.waitingAddedAfter.bind(control.state);
+    control.state.waitingAddedAfter = (seq: number) => {
+      const r = added(seq);
+      looked.push(r.jobs.length);
+      return r;
+    };
+    service!.start();
+    await until('a first pass', () => looked.length > 0);
+    expect(looked[0]).toBe(300);
+    await new Promise((r) => setTimeout(r, 1_200)); // idle passes
+    looked.length = 0;
+    await submit(control, 'small', 1);
+    await until('the small job placed', () => placed(control, 'small'));
+    expect(Math.max(...looked)).toBeLessThanOrEqual(1);
+    // A second peer of two GPUs: capacity grew, every waiting job is looked at again, one runs.
+    looked.length = 0;
+    states.set('peer-b', peerState('peer-b', 2));
+    control.members = ['peer-a', 'peer-b'];
+    await until('a big job placed', () => control.state.waitingJobs().length === 299);
+    expect(Math.max(...looked)).toBe(300);
+  });
+
   it('places the waiting job that comes first in queue order: priority, then age', async () => {
     const { control } = setup(1);
     await submit(control, 'old-low', 1, 0);

@@ -258,6 +258,45 @@ describe('jobs', () => {
     expectRejected(h.transition('nope', 'running', 0), 'NOT_FOUND');
   });
 
+  it('reports the jobs that entered the waiting states after a sequence number, a job that comes back again, and the same after a restore', () => {
+    const h = new Harness();
+    const ids = (r: { jobs: readonly { id: string }[] }) => r.jobs.map((j) => j.id);
+    h.submit('a');
+    h.submit('b');
+    const first = h.fsm.waitingAddedAfter(0);
+    expect(ids(first)).toEqual(['a', 'b']);
+    expect(ids(h.fsm.waitingAddedAfter(first.seq))).toEqual([]);
+    h.submit('c');
+    h.place('a', 1, { p: ['g'] });
+    h.transition('a', 'running', 1);
+    expect(ids(h.fsm.waitingAddedAfter(first.seq))).toEqual(['c']);
+    // a fails and is retried: it waits again, and is new again.
+    h.transition('a', 'restarting', 1, { reason: 'exit 1, retrying', exitCode: 1 });
+    const second = h.fsm.waitingAddedAfter(first.seq);
+    expect(ids(second)).toEqual(['c', 'a']);
+    h.ok({ type: 'job.cancel', jobId: 'c' });
+    expect(ids(h.fsm.waitingAddedAfter(first.seq))).toEqual(['a']);
+    expect(ids(h.fsm.waitingAddedAfter(0))).toEqual(['b', 'a']);
+    expect(h.fsm.waitingCount()).toBe(2);
+    const restored = FabricStateMachine.restore(h.fsm.snapshot());
+    expect(new Set(ids(restored.waitingAddedAfter(0)))).toEqual(new Set(['a', 'b']));
+    expect(restored.waitingCount()).toBe(2);
+  });
+
+  it('keeps the waiting-entry log in step with the queue through many entries and exits', () => {
+    const h = new Harness();
+    let seq = 0;
+    for (let round = 0; round < 5; round++) {
+      for (let i = 0; i < 700; i++) h.submit(`r${round}-${i}`);
+      for (let i = 0; i < 700; i++) if (i % 7 !== 0) h.ok({ type: 'job.cancel', jobId: `r${round}-${i}` });
+      const added = h.fsm.waitingAddedAfter(seq);
+      expect(added.jobs.map((j) => j.id)).toEqual(Array.from({ length: 100 }, (_, k) => `r${round}-${k * 7}`));
+      seq = added.seq;
+    }
+    expect(h.fsm.waitingAddedAfter(0).jobs).toHaveLength(500);
+    expect(h.fsm.waitingJobs()).toHaveLength(500);
+  });
+
   it('lists jobs by state and tenant', () => {
     const h = new Harness();
     h.submit('b', { tenant: 'x' });

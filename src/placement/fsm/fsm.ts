@@ -84,8 +84,16 @@ export class FabricStateMachine {
   /** High-water mark of the `at` of applied commands: leaders' clocks may differ, ours never goes back. */
   #clock = 0;
   readonly #jobs = new Map<string, Job>();
-  /** Ids of jobs in PLACEABLE_STATES, kept with every state change (the leader scans it often). */
-  readonly #waiting = new Set<string>();
+  /**
+   * Jobs in PLACEABLE_STATES, kept with every state change: id → the sequence number it got when
+   * it entered (or re-entered) those states. The leader's placement loop asks for the jobs that
+   * entered since its last look (waitingAddedAfter) instead of scanning a long queue each pass.
+   */
+  readonly #waiting = new Map<string, number>();
+  #waitingSeq = 0;
+  /** Every entry into #waiting, in sequence order (ids and their seqs side by side); stale ones are skipped on read. */
+  #addedIds: string[] = [];
+  #addedSeqs: number[] = [];
   readonly #allocations = new Map<string, Allocation>();
   readonly #checkpoints = new Map<string, Checkpoint[]>();
   readonly #tenants = new Map<string, Tenant>();
@@ -187,7 +195,7 @@ export class FabricStateMachine {
     const now = this.#clock;
     // A tenant is created on first use with no limits; quotas come with tenant.upsert.
     if (!this.#tenants.has(command.tenant)) this.#tenants.set(command.tenant, this.#newTenant(command.tenant, null, null));
-    this.#waiting.add(command.jobId);
+    this.#enterWaiting(command.jobId);
     this.#jobs.set(command.jobId, {
       id: command.jobId,
       tenant: command.tenant,
@@ -246,7 +254,7 @@ export class FabricStateMachine {
     }
     if (!HOLDING_STATES.has(to)) this.#releaseAllocations(job);
     job.state = to;
-    if (PLACEABLE_STATES.has(to)) this.#waiting.add(job.id);
+    if (PLACEABLE_STATES.has(to)) this.#enterWaiting(job.id);
     else this.#waiting.delete(job.id);
     job.reason = reason;
     job.exitCode = exitCode;
@@ -515,7 +523,48 @@ export class FabricStateMachine {
   /** Jobs matching the filter, by id. */
   /** Jobs waiting to be placed (queued or restarting), in no particular order: O(waiting), no sort. */
   waitingJobs(): Readonly<Job>[] {
-    return [...this.#waiting].map((id) => this.#jobs.get(id)!);
+    return [...this.#waiting.keys()].map((id) => this.#jobs.get(id)!);
+  }
+
+  /** How many jobs wait to be placed. */
+  waitingCount(): number {
+    return this.#waiting.size;
+  }
+
+  /**
+   * The waiting jobs that entered the waiting states after sequence number `seq` (0: all of
+   * them), oldest entry first, and the sequence number to ask from next time. A job that left
+   * and came back is reported again. O(entries since seq + log n).
+   */
+  waitingAddedAfter(seq: number): { jobs: Readonly<Job>[]; seq: number } {
+    const seqs = this.#addedSeqs;
+    let lo = 0;
+    let hi = seqs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (seqs[mid]! <= seq) lo = mid + 1;
+      else hi = mid;
+    }
+    const jobs: Readonly<Job>[] = [];
+    for (let i = lo; i < seqs.length; i++) {
+      const id = this.#addedIds[i]!;
+      if (this.#waiting.get(id) === seqs[i]) jobs.push(this.#jobs.get(id)!);
+    }
+    return { jobs, seq: this.#waitingSeq };
+  }
+
+  /** Marks a job as (newly) waiting; re-entering moves it to the end of the entry order. */
+  #enterWaiting(id: string): void {
+    const seq = ++this.#waitingSeq;
+    this.#waiting.delete(id);
+    this.#waiting.set(id, seq);
+    this.#addedIds.push(id);
+    this.#addedSeqs.push(seq);
+    // Entries of jobs that left are dropped once they outnumber the live ones: the log stays O(waiting).
+    if (this.#addedIds.length > 2 * this.#waiting.size + 1024) {
+      this.#addedIds = [...this.#waiting.keys()];
+      this.#addedSeqs = [...this.#waiting.values()];
+    }
   }
 
   jobs(filter: JobFilter = {}): Readonly<Job>[] {
@@ -616,7 +665,7 @@ export class FabricStateMachine {
     fsm.#clock = snapshot.clock;
     for (const job of snapshot.jobs) {
       fsm.#jobs.set(job.id, job);
-      if (PLACEABLE_STATES.has(job.state)) fsm.#waiting.add(job.id);
+      if (PLACEABLE_STATES.has(job.state)) fsm.#enterWaiting(job.id);
     }
     for (const allocation of snapshot.allocations) {
       const job = fsm.#jobs.get(allocation.jobId);
