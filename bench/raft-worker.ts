@@ -34,6 +34,7 @@ export interface WorkerStatus {
   member: string;
   voters: string[];
   commit: number;
+  applied: number;
 }
 
 export type FromRaftWorker =
@@ -69,7 +70,7 @@ async function write(request: CommandRequest): Promise<{ jobId: string }> {
 
 function status(): WorkerStatus {
   const s = daemon!.control.localStatus();
-  return { peerId: daemon!.peerId, leader: s.leader, term: s.term, role: s.role, member: s.member, voters: s.voters, commit: s.commit };
+  return { peerId: daemon!.peerId, leader: s.leader, term: s.term, role: s.role, member: s.member, voters: s.voters, commit: s.commit, applied: s.applied };
 }
 
 async function start(msg: Extract<ToRaftWorker, { t: 'start' }>): Promise<void> {
@@ -142,6 +143,9 @@ async function closedLoad(concurrency: number, durationMs: number): Promise<{ ac
   return { acks: latencies.length, errors, latenciesMs: latencies, elapsedMs: wallNow() - started };
 }
 
+/** With FABRIC_BENCH_STALLS set, commits of the open loop slower than this are printed too. */
+const slowCommitMs = ((v) => (v === undefined || v === '' || v === '0' ? undefined : v === '1' ? 100 : Number(v)))(process.env['FABRIC_BENCH_STALLS']);
+
 async function openLoad(ratePerS: number, durationMs: number): Promise<{ acks: number; errors: number; latenciesMs: number[]; elapsedMs: number }> {
   const latencies: number[] = [];
   const inflight: Promise<void>[] = [];
@@ -155,7 +159,11 @@ async function openLoad(ratePerS: number, durationMs: number): Promise<{ acks: n
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     inflight.push(
       write(submitRequest()).then(
-        () => void latencies.push(wallNow() - due),
+        () => {
+          const ms = wallNow() - due;
+          latencies.push(ms);
+          if (slowCommitMs !== undefined && ms > slowCommitMs) process.stderr.write(`[slow] commit ${Math.round(ms)} ms due at ${new Date(due).toISOString()}\n`);
+        },
         () => void errors++,
       ),
     );

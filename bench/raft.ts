@@ -7,7 +7,8 @@
  *  2. Throughput: `--concurrency` writers on the leader, back to back, for `--load-s` seconds:
  *     `commits_per_s` (proposals that arrive while an fsync is under way are appended and synced
  *     together: group commit).
- *  3. Latency: an open loop offering `--rate` commits/s for `--load-s` seconds: `commit_p50_ms`,
+ *  3. Latency: once every voter has applied the throughput phase's entries and a second more has
+ *     passed, an open loop offering `--rate` commits/s for `--load-s` seconds: `commit_p50_ms`,
  *     `commit_p99_ms` from the scheduled send time to the acknowledgement.
  *  4. Failover, `--kills` times: every daemon runs a steady writer; the leader's process gets
  *     SIGKILL; `failover_ms` runs from the kill to the moment a new leader has committed an entry
@@ -30,6 +31,9 @@ import { parseArgs } from 'node:util';
 import type { FromRaftWorker, ToRaftWorker, WorkerStatus } from './raft-worker.ts';
 import { percentile } from './gossip.ts';
 import { parseLogLevel, type LogLevel } from '../src/core/index.ts';
+
+/** Between the throughput and the latency phase, once every voter has caught up. */
+const SETTLE_MS = 1_000;
 
 export interface RaftBenchOptions {
   voters: number;
@@ -215,7 +219,13 @@ export async function runRaftBench(opts: RaftBenchOptions, io: { progress(line: 
     say(`${new Date().toISOString()} throughput: ${Math.round(commitsPerS)} commits/s with ${opts.concurrency} writers (p50 ${round1(percentile(tpLat, 50))} ms, ${tp.errors} errors)`);
 
     // ---- 3. latency at the offered rate ----
+    // It starts once every voter has applied what the throughput phase committed, and a second
+    // later (SETTLE_MS: the garbage collector's major pass after a burst of 70k new jobs lands
+    // there): the latency of commits at the offered rate, not the aftermath of the phase before.
     leader = await whole('the group after the throughput phase');
+    const backlog = leader.commit;
+    await until('every voter to apply the throughput phase', 60_000, 50, async () => ((await statuses()).every((s) => s.applied >= backlog) ? true : undefined));
+    await sleep(SETTLE_MS);
     const lat = await ask<Extract<FromRaftWorker, { t: 'load-done' }>>(workerOf(leader.peerId), (id) => ({ t: 'open-load', id, ratePerS: opts.rate, durationMs: opts.loadS * 1000 }), 'load-done', opts.loadS * 1000 + 60_000);
     const latSorted = lat.latenciesMs.sort((a, b) => a - b);
     say(`${new Date().toISOString()} latency at ${opts.rate}/s: p50 ${round1(percentile(latSorted, 50))} ms, p99 ${round1(percentile(latSorted, 99))} ms (${lat.errors} errors)`);

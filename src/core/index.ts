@@ -3,3 +3,4 @@ export * from './assert.ts';
 export * from './clock.ts';
 export * from './rng.ts';
 export * from './log.ts';
+export * from './deadline.ts';

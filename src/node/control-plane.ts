@@ -15,7 +15,7 @@
  */
 import { rmSync } from 'node:fs';
 import type { Libp2p } from '@libp2p/interface';
-import { FabricError, errorMessage, isFabricError, type ErrorCode, type Logger } from '../core/index.ts';
+import { FabricError, errorMessage, isFabricError, withDeadline, type ErrorCode, type Logger } from '../core/index.ts';
 import type { RaftHint } from '../gossip/state.ts';
 import { FabricStateMachine, decodeCommand, encodeCommand, type ApplyResult, type Command, type Job } from '../placement/fsm/index.ts';
 import type { RaftPeersResponse, RaftStatusView } from '../api/schemas.ts';
@@ -205,7 +205,7 @@ export class ControlPlane {
     // The group's progress and the scheduler live on the leader only; the rest any member answers.
     if (query.q !== 'raft' && query.q !== 'explain' && this.#isMember(s) && s.leader !== null) {
       try {
-        await this.#raft.read({ signal: AbortSignal.timeout(Math.min(5_000, opts.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS)) });
+        await withDeadline(Math.min(5_000, opts.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS), (signal) => this.#raft.read({ signal }));
         return this.#answer(query);
       } catch (err) {
         if (!isFabricError(err) || !RETRYABLE.has(err.code)) throw err;
@@ -255,7 +255,7 @@ export class ControlPlane {
     const leader = this.leaderHint();
     if (leader === null || leader === this.id) return null;
     try {
-      const reply = await callRpc(this.#o.host, leader, { t: 'lease' }, AbortSignal.timeout(timeoutMs));
+      const reply = await withDeadline(timeoutMs, (signal) => callRpc(this.#o.host, leader, { t: 'lease' }, signal));
       return reply.ok ? { commit: reply.index } : null;
     } catch {
       return null;
@@ -287,17 +287,14 @@ export class ControlPlane {
   /** `stamped`: a proposal already stamped by this node, to propose as is if this node serves the first attempt. */
   async #toLeader(req: RpcRequest, timeoutMs: number, stamped = false): Promise<Extract<RpcReply, { ok: true }>> {
     const deadline = Date.now() + timeoutMs;
-    let lastError: unknown = new FabricError('NOT_LEADER', 'no leader is known yet');
+    let lastError: unknown; // built only when needed: an error's stack trace costs, at thousands of requests a second
     for (let attempt = 0; Date.now() < deadline && !this.#stopped; attempt++) {
       const leader = this.#redirect ?? this.leaderHint();
       this.#redirect = null;
       const left = deadline - Date.now();
       try {
         if (leader === null) throw new FabricError('NOT_LEADER', 'no leader is known yet (the group may be electing one)');
-        const reply =
-          leader === this.id
-            ? await this.#serve(req, this.id, AbortSignal.timeout(Math.min(5_000, left)), stamped && attempt === 0)
-            : await callRpc(this.#o.host, leader, req, AbortSignal.timeout(Math.min(5_000, left)));
+        const reply = await withDeadline(Math.min(5_000, left), (signal) => (leader === this.id ? this.#serve(req, this.id, signal, stamped && attempt === 0) : callRpc(this.#o.host, leader, req, signal)));
         if (reply.ok) return reply;
         const err = replyError(reply);
         if (reply.code === 'NOT_LEADER' && reply.leader !== null && reply.leader !== leader) this.#redirect = reply.leader;
@@ -309,7 +306,7 @@ export class ControlPlane {
       // Back off a little: an election takes a few hundred milliseconds.
       await new Promise((resolve) => setTimeout(resolve, Math.min(200, 10 * 2 ** Math.min(attempt, 5))));
     }
-    throw new FabricError('TIMEOUT', `no leader answered within ${timeoutMs} ms (last: ${errorMessage(lastError)}); a write may or may not have taken effect: retry with the same request id`);
+    throw new FabricError('TIMEOUT', `no leader answered within ${timeoutMs} ms (last: ${lastError === undefined ? 'no leader is known yet' : errorMessage(lastError)}); a write may or may not have taken effect: retry with the same request id`);
   }
 
   /** Handles a request as the leader would; any other node refuses with the leader it knows. */

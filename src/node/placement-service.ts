@@ -546,12 +546,13 @@ export class PlacementService {
     const state = this.#o.control.state;
     const { jobs: all, looking } = this.#jobsToLookAt(state, capacity);
     this.#forgetGone(state.waitingCount());
-    const started = performance.now();
     // Jobs of one shape (the same placement request but for the job id) fit or not together: a
     // shape that did not fit at this capacity is not planned again, and a long queue of like jobs
     // that cannot run costs a map lookup each, not a scheduling cycle each.
     const candidates: Readonly<Job>[] = [];
-    let parsed = 0;
+    // Set aside for the next pass (in #recheck) once this one has spent its budget.
+    let deferred = false;
+    let parseMs = 0;
     for (const job of all) {
       // Cheapest test first: in a long queue most jobs are known not to fit at this capacity.
       if (this.#unfit.get(job.id) === capacity || this.#inFlight.has(job.id)) {
@@ -563,9 +564,21 @@ export class PlacementService {
         continue;
       }
       // A new leader knows no shapes yet (a spec parse each): a long queue takes a few passes,
-      // each parsing some (the scan of known shapes is cheap and always completes).
-      if (!this.#requests.has(job.id) && ++parsed % 64 === 0 && performance.now() - started > PASS_BUDGET_MS) return { proposals: [], more: true };
-      const shape = this.#shapeOf(job);
+      // each parsing for up to the budget and setting the rest aside, so that each pass makes
+      // the same progress however long the scan (a pass that started over each time it ran out
+      // fell behind a fast queue for good: seen, a leader parsing 64 jobs per pass for seconds).
+      let shape: string | null;
+      if (this.#requests.has(job.id)) shape = this.#shapeOf(job);
+      else {
+        if (parseMs > PASS_BUDGET_MS) {
+          this.#recheck.add(job.id);
+          deferred = true;
+          continue;
+        }
+        const t = performance.now();
+        shape = this.#shapeOf(job);
+        parseMs += performance.now() - t;
+      }
       if (shape === null || this.#unfitShapes.get(shape) === capacity) {
         this.#unfit.set(job.id, capacity);
         this.#recheck.delete(job.id);
@@ -581,17 +594,27 @@ export class PlacementService {
       return { proposals, ...outcome };
     };
     let planned = 0;
+    const planStarted = performance.now();
+    const taken = new Set<string>();
+    /** The candidates not taken yet wait for the next pass; this one is complete. */
+    const setAsideRest = (): void => {
+      for (const job of candidates) if (!taken.has(job.id)) this.#recheck.add(job.id);
+      this.#looked = looking;
+    };
     for (const job of inOrder(candidates, this.#queueOrder())) {
       // Planning is synchronous: a long queue must not hold the event loop (and with it the Raft
-      // heartbeats: a leader busy for an election timeout is deposed). The rest waits a turn. At
-      // least one job is planned per pass, or a scan of a long queue that alone spends the budget
-      // would start pass after pass without ever deciding anything (seen: a leader busy with that
-      // while its writes waited).
-      if (planned > 0 && performance.now() - started > PASS_BUDGET_MS) return done({ more: true });
+      // heartbeats: a leader busy for an election timeout is deposed). The rest waits a turn. The
+      // budget counts planning only, so a pass after a long scan still plans its share.
+      if (planned > 0 && performance.now() - planStarted > PASS_BUDGET_MS) {
+        setAsideRest();
+        return done({ more: true });
+      }
       if (this.#inFlight.size + proposals.length >= MAX_IN_FLIGHT) {
         this.#waitingOnCommits = true;
-        return done({ more: false });
+        setAsideRest();
+        return done({ more: deferred });
       }
+      taken.add(job.id);
       const shape = this.#shapeOf(job)!;
       if (this.#unfitShapes.get(shape) === capacity) {
         this.#unfit.set(job.id, capacity);
@@ -648,7 +671,7 @@ export class PlacementService {
     }
     // Every job looked at is decided or set aside: the next pass at this capacity starts from here.
     this.#looked = looking;
-    return done({ more: false });
+    return done({ more: deferred });
   }
 
   /**
@@ -737,7 +760,8 @@ export class PlacementService {
 
   /** A job's placement request (undefined when its spec does not parse), parsed once while it waits. */
   #requestOf(job: Readonly<Job>): PlacementRequest | undefined {
-    return this.#known(job)?.request;
+    const known = this.#known(job);
+    return known === null ? undefined : { ...known.request, jobId: job.id };
   }
 
   #known(job: Readonly<Job>): { request: PlacementRequest; shape: string } | null {
@@ -754,9 +778,10 @@ export class PlacementService {
       if (this.#bySpec.size >= SPEC_CACHE_ENTRIES) this.#bySpec.clear();
       this.#bySpec.set(text, parsed);
     }
-    const entry = parsed === null ? null : { request: { ...parsed.request, jobId: job.id }, shape: parsed.shape };
-    this.#requests.set(job.id, entry);
-    return entry;
+    // Shared by every job of the spec (the job id goes in at #requestOf): a long queue costs the
+    // garbage collector no objects of its own here.
+    this.#requests.set(job.id, parsed);
+    return parsed;
   }
 
   /** Schedules `job` on `cluster` (read only). A restarting job tries the holders of its latest checkpoint first. */

@@ -173,6 +173,8 @@ export class RaftNode {
   /** Size of the latest snapshot (taken, installed or loaded), and entry bytes applied since. */
   #snapshotBytes = 0;
   #appliedBytesSinceSnapshot = 0;
+  readonly #proposalPrefix = randomBytes(8);
+  #proposalSeq = 0;
   readonly #compactKeep: number;
   readonly #maxInboxMessages: number;
   readonly #warnings: RateLimitedWarnings;
@@ -291,7 +293,7 @@ export class RaftNode {
     return this.#request(opts.signal, (resolve, reject) => {
       const raw = this.#raw!;
       this.#requireLeader();
-      const id = randomBytes(PROPOSAL_ID_BYTES);
+      const id = this.#nextProposalId();
       raw.propose(encodeEnvelope(id, data));
       const s = raw.status();
       return this.#track(s.lastIndex, { index: s.lastIndex, id, term: s.term, resolve, reject });
@@ -645,6 +647,17 @@ export class RaftNode {
   }
 
   // ---- helpers ---------------------------------------------------------------------------------
+
+  /**
+   * A proposal id unique to this process: 8 random bytes drawn once, then a counter. (A fresh
+   * 16 random bytes per proposal was a few percent of a busy leader's time.)
+   */
+  #nextProposalId(): Uint8Array {
+    const id = new Uint8Array(PROPOSAL_ID_BYTES);
+    id.set(this.#proposalPrefix, 0);
+    new DataView(id.buffer).setBigUint64(8, BigInt(++this.#proposalSeq));
+    return id;
+  }
 
   /**
    * Runs `start` inside the loop (it may throw a refusal synchronously) and wires the signal.
