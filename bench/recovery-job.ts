@@ -5,13 +5,29 @@
  * FABRIC_CHECKPOINT_COMMIT; on start it resumes from FABRIC_RESTORE_DIR, checking the state file
  * is whole. It prints machine-readable lines the benchmark reads from its log:
  *
- *   started <epoch ms> attempt <n> resumed <step|none> state-bytes <n>
+ *   launched <epoch ms> attempt <n>      (first thing: the process runs, its restore in place)
+ *   started <epoch ms> attempt <n> resumed <step|none> state-bytes <n>   (state read and checked)
  *   step <n> <epoch ms>
  *   committed <n> <epoch ms>
  */
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
+
+process.stdout.write(`launched ${Date.now()} attempt ${process.env['FABRIC_ATTEMPT'] ?? '?'}\n`);
+
+/** SHA-256 of a file, read in blocks (no buffer of its whole size). */
+function fileSha256(path: string): string {
+  const hash = createHash('sha256');
+  const block = Buffer.allocUnsafe(16 * 1024 * 1024);
+  const fd = openSync(path, 'r');
+  try {
+    for (let n = readSync(fd, block); n > 0; n = readSync(fd, block)) hash.update(block.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest('hex');
+}
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -36,8 +52,7 @@ let resumed: number | null = null;
 let stateSha: string | undefined;
 if (restoreDir !== undefined && existsSync(join(restoreDir, 'step.json'))) {
   const saved = JSON.parse(readFileSync(join(restoreDir, 'step.json'), 'utf8')) as { step: number; sha256: string };
-  const state = readFileSync(join(restoreDir, 'state.bin'));
-  const sha = createHash('sha256').update(state).digest('hex');
+  const sha = fileSha256(join(restoreDir, 'state.bin'));
   if (sha !== saved.sha256) throw new Error(`restored state.bin is not the one checkpointed (${sha} != ${saved.sha256})`);
   step = saved.step;
   resumed = step;
@@ -54,7 +69,7 @@ if (!existsSync(statePath) || statSync(statePath).size !== stateBytes) {
   fsyncSync(fd);
   closeSync(fd);
 }
-stateSha ??= createHash('sha256').update(readFileSync(statePath)).digest('hex');
+stateSha ??= fileSha256(statePath);
 process.stdout.write(`started ${Date.now()} attempt ${process.env['FABRIC_ATTEMPT'] ?? '?'} resumed ${resumed ?? 'none'} state-bytes ${stateBytes}\n`);
 
 for (;;) {

@@ -29,6 +29,6 @@ export {
   type Manifest,
   type SymlinkEntry,
 } from './manifest.ts';
-export { chooseReplicas, type ReplicaCandidate, type ReplicaChoice, type ReplicaChoiceInput } from './replicas.ts';
+export { chooseReplicas, restoreOrder, type ReplicaCandidate, type ReplicaChoice, type ReplicaChoiceInput } from './replicas.ts';
 export { chooseCheckpointsToDrop, chooseChunksToDelete, type CheckpointCollection, type CheckpointRecord } from './gc.ts';
 export { planFetch, type FetchPlan, type HolderView } from './restore-plan.ts';

@@ -4,6 +4,7 @@
  * already hold most of its bytes (they need least) and then peers with the most free disk.
  * A pure function of its input: the same candidates give the same holders on every peer.
  */
+import { sha256Hex } from './hash.ts';
 
 export interface ReplicaCandidate {
   peerId: string;
@@ -50,6 +51,20 @@ function compareRanked(a: Ranked, b: Ranked): number {
   const fb = b.c.freeBytes ?? -1;
   if (fa !== fb) return fb - fa;
   return a.c.peerId < b.c.peerId ? -1 : a.c.peerId > b.c.peerId ? 1 : 0;
+}
+
+/**
+ * The order in which a lost host's job tries the holders of its latest checkpoint. The leader
+ * places the job on the first holder that can take it, and only the first live holder restores
+ * the checkpoint ahead of need while the leader waits out the lost host's lease: one peer does
+ * that work (1 GiB: seconds of disk and CPU), not every holder at once. Ordered by a hash of job
+ * and peer, so the jobs of one host spread over their holders. Pure: the same on every peer.
+ */
+export function restoreOrder(jobId: string, holders: readonly string[]): string[] {
+  return [...new Set(holders)]
+    .map((peerId) => ({ peerId, key: sha256Hex(new TextEncoder().encode(`${jobId}\n${peerId}`)) }))
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+    .map((h) => h.peerId);
 }
 
 export function chooseReplicas(input: ReplicaChoiceInput): ReplicaChoice {

@@ -32,6 +32,7 @@ import { DEFAULT_LEASE_MS, JobAgent } from './job-agent.ts';
 import { PlacementService } from './placement-service.ts';
 import { CheckpointService } from './checkpoints.ts';
 import { RestoreCache } from './restore-cache.ts';
+import { restoreOrder } from '../checkpoint/index.ts';
 import { fetchJobLog, readJobLog, serveLogs } from './logs-protocol.ts';
 import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
@@ -259,7 +260,10 @@ export class Daemon {
     this.#gossip.subscribe(() => this.#schedulePersist());
     this.#gossip.subscribe((evt) => this.#learnAddresses(evt));
     this.#gossip.subscribe((evt) => {
-      if (evt.type === 'status' && evt.status === 'dead') this.#restoreAheadOfNeed(evt.peerId);
+      // From the first suspicion: the restore (seconds for a large checkpoint) then overlaps the
+      // detection as well as the lease. A peer that answers after all leaves a copy no job claims,
+      // which the restore cache sweeps.
+      if (evt.type === 'status' && (evt.status === 'suspect' || evt.status === 'dead')) this.#restoreAheadOfNeed(evt.peerId);
     });
 
     await host.start();
@@ -509,20 +513,26 @@ export class Daemon {
     return { jobId, step, manifestId: outcome.commit.manifestId, sizeBytes: outcome.sizeBytes, newBytes: outcome.commit.newBytes, holders: outcome.holders, sentBytes, ms: Date.now() - started, index };
   }
 
-  /** Drops local checkpoint data that no committed checkpoint of any job names any more. */
   /**
-   * A peer died: for each of its jobs whose latest checkpoint this peer holds, restore it now,
-   * while the leader waits out the dead host's lease before placing the job again (holders first).
+   * A peer is suspected or dead: for each of its jobs whose latest checkpoint this peer is the
+   * first live holder of (restoreOrder), restore it now, while the leader waits out the lost
+   * host's lease before placing the job again (on that holder first).
    */
   #restoreAheadOfNeed(deadPeer: string): void {
     const state = this.#control.state;
     const jobs = new Set(state.allocations().filter((a) => a.peerId === deadPeer).map((a) => a.jobId));
+    const alive = new Set(this.#gossip.membership.list().flatMap((e) => (e.status === 'alive' ? [e.peerId] : [])));
+    alive.add(this.peerId);
     for (const jobId of jobs) {
       const latest = state.checkpoints(jobId).at(-1);
-      if (latest !== undefined && latest.holders.includes(this.peerId)) this.#restores.prepare(jobId, latest);
+      if (latest === undefined || !latest.holders.includes(this.peerId)) continue;
+      // Only the holder the leader will try first (placement-service.ts #plan) does the work.
+      const first = restoreOrder(jobId, latest.holders).find((p) => p !== deadPeer && alive.has(p));
+      if (first === this.peerId) this.#restores.prepare(jobId, latest);
     }
   }
 
+  /** Drops local checkpoint data that no committed checkpoint of any job names any more. */
   async #collectCheckpoints(): Promise<void> {
     this.#restores.sweep();
     try {

@@ -62,6 +62,7 @@ import {
 import { DEFAULT_STOP_GRACE_MS } from '../runner/index.ts';
 import type { ControlPlane } from './control-plane.ts';
 import { DEFAULT_LEASE_MS, FENCE_STOP_GRACE_MS } from './job-agent.ts';
+import { restoreOrder } from '../checkpoint/index.ts';
 
 export interface PlacementPeer {
   peerId: string;
@@ -784,12 +785,20 @@ export class PlacementService {
     return parsed;
   }
 
-  /** Schedules `job` on `cluster` (read only). A restarting job tries the holders of its latest checkpoint first. */
+  /**
+   * Schedules `job` on `cluster` (read only). A job with a checkpoint tries its holders first, one
+   * at a time in restore order (the first live one has been restoring it since its host was lost,
+   * see daemon.ts), then any of them (a gang), then every peer.
+   */
   #plan(cluster: ClusterState, job: Readonly<Job>, reserved: ReadonlyMap<string, string> | null = null): ScheduleResult | undefined {
     const request = this.#requestOf(job);
     if (request === undefined) return undefined;
     const latest = this.#o.control.state.checkpoints(job.id).at(-1);
     if (latest !== undefined) {
+      for (const holder of restoreOrder(job.id, latest.holders)) {
+        const near = this.#scheduler.schedule(cluster, request, { only: new Set([holder]), preemption: false, reserved });
+        if (near.plan !== null) return near;
+      }
       const near = this.#scheduler.schedule(cluster, request, { only: new Set(latest.holders), preemption: false, reserved });
       if (near.plan !== null) return near;
     }

@@ -8,6 +8,7 @@ import {
   chooseChunksToDelete,
   chooseReplicas,
   planFetch,
+  restoreOrder,
   type CheckpointRecord,
   type ChunkRef,
   type ReplicaCandidate,
@@ -20,6 +21,22 @@ const GiB = 1024 ** 3;
 function cand(peerId: string, zone: string | undefined, heldBytes = 0, freeBytes: number | undefined = 100 * GiB): ReplicaCandidate {
   return { peerId, zone, heldBytes, freeBytes };
 }
+
+describe('restoreOrder', () => {
+  it('orders the holders the same way whatever order they come in, once each, and spreads jobs over them', () => {
+    fc.assert(
+      fc.property(fc.uniqueArray(fc.string({ minLength: 1, maxLength: 8 }), { minLength: 1, maxLength: 6 }), fc.string(), (holders, jobId) => {
+        const order = restoreOrder(jobId, holders);
+        expect([...order].sort()).toEqual([...holders].sort());
+        expect(restoreOrder(jobId, [...holders].reverse())).toEqual(order);
+        expect(restoreOrder(jobId, [...holders, ...holders])).toEqual(order);
+      }),
+    );
+    // Jobs of one host: each holder comes first for some of them.
+    const firsts = new Set(Array.from({ length: 64 }, (_, i) => restoreOrder(`job-${i}`, ['p1', 'p2', 'p3'])[0]));
+    expect(firsts).toEqual(new Set(['p1', 'p2', 'p3']));
+  });
+});
 
 describe('chooseReplicas', () => {
   const writer = { peerId: 'w', zone: 'eu-1' };

@@ -11,6 +11,7 @@ import { silentLogger } from '../../src/core/index.ts';
 import { FabricStateMachine, encodeCommand, type Command } from '../../src/placement/fsm/index.ts';
 import { Scheduler, type ClusterState, type PlacementRequest, type ScheduleResult } from '../../src/placement/index.ts';
 import { PlacementService, type PlacementControl } from '../../src/node/placement-service.ts';
+import { restoreOrder } from '../../src/checkpoint/index.ts';
 import type { CommandRequest } from '../../src/node/control-plane.ts';
 import type { NodeState } from '../../src/gossip/state.ts';
 import { makeState } from '../gossip/mem-transport.ts';
@@ -272,6 +273,23 @@ describe('placement service', () => {
     const gpusHeld = control.state.allocations().reduce((sum, a) => sum + a.devices.reduce((s, d) => s + d.milli, 0), 0) / 1000;
     expect(gpusHeld).toBeGreaterThan(20);
     expect(cycles).toBeLessThan(48 + 4); // one cycle per job placed, one per shape that stopped fitting
+  });
+
+  it('places a job with a checkpoint on its holders in restore order: on the one that restores it ahead of need', async () => {
+    const holders = ['peer-b', 'peer-c', 'peer-d'];
+    // A job whose first holder is not the first peer the scheduler would pick anyway.
+    const jobId = Array.from({ length: 50 }, (_, i) => `ck-${i}`).find((id) => restoreOrder(id, holders)[0] === 'peer-d')!;
+    const { control, states } = setupFabric(4, 1);
+    await submit(control, jobId, 1);
+    const uuid = states.get('peer-a')!.inventory.devices[0]!.uuid;
+    const ok = (r: ApplyResult) => expect(r).toMatchObject({ ok: true });
+    ok(control.applyNow({ type: 'alloc.place', requestId: 'p1', actor: 'test', jobId, epoch: 1, allocations: [{ peerId: 'peer-a', devices: [{ uuid }] }] }));
+    ok(control.applyNow({ type: 'job.transition', requestId: 't1', actor: 'test', jobId, attempt: 1, to: 'running' }));
+    ok(control.applyNow({ type: 'checkpoint.commit', requestId: 'c1', actor: 'test', jobId, epoch: 1, step: 20, manifestId: 'm'.repeat(64), sizeBytes: 1, holders }));
+    ok(control.applyNow({ type: 'job.transition', requestId: 't2', actor: 'test', jobId, attempt: 1, to: 'restarting', reason: 'host lost' }));
+    service!.start();
+    await until('the job placed again', () => placed(control, jobId) && control.state.job(jobId)!.state !== 'restarting');
+    expect(control.state.allocations().map((a) => a.peerId)).toEqual(['peer-d']);
   });
 
   it('plans a job again when the state machine refuses its placement as stale, under a new request id', async () => {
