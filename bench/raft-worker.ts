@@ -107,12 +107,12 @@ function watchLeadership(d: Daemon): void {
   setInterval(() => {
     const s = d.control.localStatus();
     if (s.role !== 'leader' || s.term === watching) return;
+    watching = s.term; // one poll per term (a new one every 2 ms piled up while a commit took long)
     const firstOfTerm = s.lastIndex; // the empty entry a new leader appends is at or before this
     const poll = (): void => {
       const now = d.control.localStatus();
       if (now.term !== s.term || now.role !== 'leader') return;
       if (now.commit >= firstOfTerm) {
-        watching = s.term;
         send({ t: 'leader-committed', ts: wallNow(), term: s.term, peerId: d.peerId });
         return;
       }

@@ -551,8 +551,6 @@ export class PlacementService {
     // shape that did not fit at this capacity is not planned again, and a long queue of like jobs
     // that cannot run costs a map lookup each, not a scheduling cycle each.
     const candidates: Readonly<Job>[] = [];
-    // Set aside for the next pass (in #recheck) once this one has spent its budget.
-    let deferred = false;
     let parseMs = 0;
     for (const job of all) {
       // Cheapest test first: in a long queue most jobs are known not to fit at this capacity.
@@ -565,17 +563,14 @@ export class PlacementService {
         continue;
       }
       // A new leader knows no shapes yet (a spec parse each): a long queue takes a few passes,
-      // each parsing for up to the budget and setting the rest aside, so that each pass makes
-      // the same progress however long the scan (a pass that started over each time it ran out
-      // fell behind a fast queue for good: seen, a leader parsing 64 jobs per pass for seconds).
+      // each parsing for up to the budget, counted apart from the scan so that each pass makes
+      // the same progress however long the scan (counted from the pass's start, a long scan left
+      // 64 parses per pass, which fell behind a fast queue for seconds). The pass then ends
+      // without planning: the next one scans the same jobs again, more of them known.
       let shape: string | null;
       if (this.#requests.has(job.id)) shape = this.#shapeOf(job);
       else {
-        if (parseMs > PASS_BUDGET_MS) {
-          this.#recheck.add(job.id);
-          deferred = true;
-          continue;
-        }
+        if (parseMs > PASS_BUDGET_MS) return { proposals: [], more: true };
         const t = performance.now();
         shape = this.#shapeOf(job);
         parseMs += performance.now() - t;
@@ -596,26 +591,16 @@ export class PlacementService {
     };
     let planned = 0;
     const planStarted = performance.now();
-    const taken = new Set<string>();
-    /** The candidates not taken yet wait for the next pass; this one is complete. */
-    const setAsideRest = (): void => {
-      for (const job of candidates) if (!taken.has(job.id)) this.#recheck.add(job.id);
-      this.#looked = looking;
-    };
     for (const job of inOrder(candidates, this.#queueOrder())) {
       // Planning is synchronous: a long queue must not hold the event loop (and with it the Raft
-      // heartbeats: a leader busy for an election timeout is deposed). The rest waits a turn. The
-      // budget counts planning only, so a pass after a long scan still plans its share.
-      if (planned > 0 && performance.now() - planStarted > PASS_BUDGET_MS) {
-        setAsideRest();
-        return done({ more: true });
-      }
+      // heartbeats: a leader busy for an election timeout is deposed). The rest waits a turn: the
+      // pass is not complete, the next one looks at the same jobs again. The budget counts
+      // planning only, so a pass after a long scan still plans its share.
+      if (planned > 0 && performance.now() - planStarted > PASS_BUDGET_MS) return done({ more: true });
       if (this.#inFlight.size + proposals.length >= MAX_IN_FLIGHT) {
         this.#waitingOnCommits = true;
-        setAsideRest();
-        return done({ more: deferred });
+        return done({ more: false });
       }
-      taken.add(job.id);
       const shape = this.#shapeOf(job)!;
       if (this.#unfitShapes.get(shape) === capacity) {
         this.#unfit.set(job.id, capacity);
@@ -672,7 +657,7 @@ export class PlacementService {
     }
     // Every job looked at is decided or set aside: the next pass at this capacity starts from here.
     this.#looked = looking;
-    return done({ more: deferred });
+    return done({ more: false });
   }
 
   /**
