@@ -7,12 +7,12 @@
  * answers one byte once it has everything (and, in `disk` mode, once it is durable: each chunk
  * written to its own file, fsynced in batches and renamed, as the chunk store does).
  */
+import { stderrBenchLogger } from './log.ts';
 import { mkdirSync, rmSync } from 'node:fs';
 import { open, rename, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
-import { silentLogger, type Logger } from '../src/core/index.ts';
 import { CheckpointService } from '../src/node/checkpoints.ts';
 import type { FabricHost } from '../src/node/host.ts';
 import { createHostVariant, type HostVariant } from '../src/node/host-variants.ts';
@@ -141,25 +141,11 @@ function handleRaw(sock: net.Socket): void {
   });
 }
 
-/** FABRIC_BENCH_LOG=debug|info|warn: this replica's checkpoint log lines on stderr. */
-function workerLogger(): Logger {
-  const levels = ['debug', 'info', 'warn', 'error'];
-  const min = levels.indexOf(process.env['FABRIC_BENCH_LOG'] ?? '');
-  if (min < 0) return silentLogger;
-  const t0 = performance.now();
-  const at = (level: string) => (obj: Record<string, unknown> | string, msg?: string): void => {
-    if (levels.indexOf(level) < min) return;
-    process.stderr.write(`replica ${process.pid} ${(performance.now() - t0).toFixed(0).padStart(7)} ${level} ${typeof obj === 'string' ? obj : `${msg ?? ''} ${JSON.stringify(obj)}`}\n`);
-  };
-  const logger: Logger = { child: () => logger, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
-  return logger;
-}
-
 async function init(m: Extract<ToWorker, { t: 'init' }>): Promise<void> {
   const swarmKey = Uint8Array.from(m.swarmKey);
   const opts = { privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] };
   host = await createHostVariant(opts, m.transport);
-  const log = workerLogger();
+  const log = stderrBenchLogger(`replica ${process.pid} `);
   host.addEventListener('connection:close', (evt) => log.debug({ peer: evt.detail.remotePeer.toString(), status: evt.detail.status }, 'connection closed'));
   svc = new CheckpointService({ host, dir: join(m.dir, 'store'), log, reserveBytes: 0, streamsPerPeer: m.streams, windowBytes: m.windowMiB * 1024 * 1024 });
   await svc.start();

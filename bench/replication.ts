@@ -30,6 +30,7 @@
  *
  * Everything it starts (processes, temp directories) is removed at the end and on SIGINT/SIGTERM.
  */
+import { stderrBenchLogger } from './log.ts';
 import { intFlag } from './args.ts';
 import { fork, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
@@ -42,7 +43,6 @@ import { parseArgs } from 'node:util';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { multiaddr } from '@multiformats/multiaddr';
 import { addedChunks, manifestChunks, type Manifest } from '../src/checkpoint/index.ts';
-import { silentLogger, type Logger } from '../src/core/index.ts';
 import { CheckpointService } from '../src/node/checkpoints.ts';
 import type { FabricHost } from '../src/node/host.ts';
 import { HOST_VARIANTS, createHostVariant, isHostVariant, type HostVariant } from '../src/node/host-variants.ts';
@@ -227,20 +227,6 @@ async function rawTcp(store: CheckpointService['store'], ids: string[], ports: n
   for (const s of socks) s.destroy();
 }
 
-/** FABRIC_BENCH_LOG=debug|info|warn: the writer's checkpoint log lines on stderr, with ms since start. */
-function benchLogger(): Logger {
-  const levels = ['debug', 'info', 'warn', 'error'];
-  const min = levels.indexOf(process.env['FABRIC_BENCH_LOG'] ?? '');
-  if (min < 0) return silentLogger;
-  const t0 = performance.now();
-  const at = (level: string) => (obj: Record<string, unknown> | string, msg?: string): void => {
-    if (levels.indexOf(level) < min) return;
-    process.stderr.write(`${(performance.now() - t0).toFixed(0).padStart(7)} ${level} ${typeof obj === 'string' ? obj : `${msg ?? ''} ${JSON.stringify(obj)}`}\n`);
-  };
-  const logger: Logger = { child: () => logger, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
-  return logger;
-}
-
 const round1 = (x: number): number => Math.round(x * 10) / 10;
 const round3 = (x: number): number => Math.round(x * 1000) / 1000;
 
@@ -274,10 +260,10 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     const hostOpts = { privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] };
     const host = await createHostVariant(hostOpts, o.transport);
     hosts.push(host);
-    const dbg = benchLogger();
+    const dbg = stderrBenchLogger();
     host.addEventListener('connection:close', (evt) => dbg.debug({ peer: evt.detail.remotePeer.toString(), status: evt.detail.status }, 'connection closed'));
     host.addEventListener('connection:open', (evt) => dbg.debug({ peer: evt.detail.remotePeer.toString() }, 'connection opened'));
-    const svc = new CheckpointService({ host, dir: join(root, 'writer-store'), log: benchLogger(), reserveBytes: 0, streamsPerPeer: o.streams, windowBytes: o.windowMiB * MiB });
+    const svc = new CheckpointService({ host, dir: join(root, 'writer-store'), log: stderrBenchLogger(), reserveBytes: 0, streamsPerPeer: o.streams, windowBytes: o.windowMiB * MiB });
     await svc.start();
     for (const w of workers) await host.dial(w.addrs.map((a) => multiaddr(a)));
     const peerIds = workers.map((w) => w.peerId);
@@ -349,7 +335,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     io.progress(`replication: second checkpoint, ${changed} of ${c1.chunks} chunks changed: ${(incFraction * 100).toFixed(1)}% of the bytes sent per peer`);
 
     // restore from all peers into a fresh store on the writer's host
-    const restorer = new CheckpointService({ host, dir: join(root, 'restore-store'), log: benchLogger() });
+    const restorer = new CheckpointService({ host, dir: join(root, 'restore-store'), log: stderrBenchLogger() });
     t = performance.now();
     const rs = await restorer.restore(c2.manifestId, peerIds, join(root, 'restored'));
     const restoreS = (performance.now() - t) / 1000;

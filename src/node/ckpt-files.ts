@@ -198,9 +198,6 @@ export async function commitDirectory(store: ChunkStore, dir: string, meta: Chec
   }
 }
 
-/** Chunks read and verified ahead of the one being written during a restore (~1–4 MiB each). */
-const RESTORE_READ_AHEAD = 3;
-
 export interface MaterializeOptions {
   signal?: AbortSignal;
   onProgress?: (p: { bytesWritten: number; totalBytes: number }) => void;
@@ -251,23 +248,8 @@ export async function materializeCheckpoint(store: ChunkStore, manifest: Manifes
         // 'wx': create, fail if anything (a symlink included) is already there
         const fh = await open(abs, 'wx', 0o600);
         try {
-          // Reading and verifying the next chunks overlaps writing this one (the read and the write
-          // run on libuv's threads, the hash on this one): 1 GiB here took 2.8 s one after the
-          // other, the sum of the three.
-          const ahead: Promise<Buffer>[] = [];
-          const ids = e.chunks.map(([id]) => id);
-          let next = 0;
-          const fill = (): void => {
-            while (next < ids.length && ahead.length < RESTORE_READ_AHEAD) {
-              const p = store.get(ids[next++]!);
-              p.catch(() => {}); // awaited in order below; a failure ahead must not go unhandled meanwhile
-              ahead.push(p);
-            }
-          };
-          fill();
-          while (ahead.length > 0) {
-            const data = await ahead.shift()!;
-            fill();
+          for (const [id] of e.chunks) {
+            const data = await store.get(id);
             let off = 0;
             while (off < data.length) off += (await fh.write(data, off, data.length - off)).bytesWritten;
             bytes += data.length;
