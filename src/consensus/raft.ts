@@ -74,9 +74,12 @@ export class Raft {
 
   electionElapsed = 0;
   heartbeatElapsed = 0;
+  /** Learners get heartbeats on their own, slower clock: they never vote (see tickHeartbeat). */
+  learnerHeartbeatElapsed = 0;
   randomizedElectionTimeout = 0;
   readonly electionTimeout: number;
   readonly heartbeatTimeout: number;
+  readonly learnerHeartbeatTimeout: number;
   readonly checkQuorum: boolean;
   readonly preVote: boolean;
   readonly maxMsgSize: number;
@@ -93,6 +96,7 @@ export class Raft {
     this.id = config.id;
     this.electionTimeout = config.electionTick;
     this.heartbeatTimeout = config.heartbeatTick;
+    this.learnerHeartbeatTimeout = config.learnerHeartbeatTick ?? config.heartbeatTick;
     this.checkQuorum = config.checkQuorum;
     this.preVote = config.preVote;
     this.maxMsgSize = config.maxSizePerMsg;
@@ -432,8 +436,16 @@ export class Raft {
     for (const id of this.tracker.sortedIds()) if (id !== this.id) this.#sendAppend(id);
   }
 
-  #bcastHeartbeat(context = this.#readOnly.lastPendingContext()): void {
-    for (const id of this.tracker.sortedIds()) if (id !== this.id) this.#sendHeartbeat(id, context);
+  /**
+   * Heartbeats to voters, learners or both. Learners never get a read's context: only voters'
+   * acks count toward a read's quorum (#isQuorum), so a read-index round skips them.
+   */
+  #bcastHeartbeat(to: { voters: boolean; learners: boolean }, context = this.#readOnly.lastPendingContext()): void {
+    for (const id of this.tracker.sortedIds()) {
+      if (id === this.id) continue;
+      const learner = this.tracker.progress.get(id)?.isLearner === true;
+      if (learner ? to.learners : to.voters) this.#sendHeartbeat(id, learner ? undefined : context);
+    }
   }
 
   #handleAppendResponse(m: Message, pr: Progress): void {
@@ -538,7 +550,7 @@ export class Raft {
   #confirmReadIndex(m: Message): void {
     this.#readOnly.add(this.log.committed, m);
     this.#readOnly.recvAck(this.id, m.context);
-    this.#bcastHeartbeat(m.context);
+    this.#bcastHeartbeat({ voters: true, learners: false }, m.context);
   }
 
   #releasePendingReadIndex(): void {
@@ -667,6 +679,7 @@ export class Raft {
     this.lead = null;
     this.electionElapsed = 0;
     this.heartbeatElapsed = 0;
+    this.learnerHeartbeatElapsed = 0;
     this.randomizedElectionTimeout = this.electionTimeout + this.#randomInt(this.electionTimeout);
     this.#abortLeaderTransfer();
     this.tracker.resetVotes();
@@ -691,6 +704,7 @@ export class Raft {
 
   #tickHeartbeat(): void {
     this.heartbeatElapsed++;
+    this.learnerHeartbeatElapsed++;
     this.electionElapsed++;
     if (this.electionElapsed >= this.electionTimeout) {
       this.electionElapsed = 0;
@@ -700,10 +714,13 @@ export class Raft {
     }
     if (this.role !== 'leader') return;
     for (const pr of this.tracker.progress.values()) if (pr.state === 'snapshot') pr.snapshotElapsed++;
-    if (this.heartbeatElapsed >= this.heartbeatTimeout) {
-      this.heartbeatElapsed = 0;
-      this.#bcastHeartbeat();
-    }
+    // Learners only need a fresh commit index on an idle log (appends carry it otherwise) and
+    // to know the leader, so they may be heartbeaten less often than voters.
+    const voters = this.heartbeatElapsed >= this.heartbeatTimeout;
+    const learners = this.learnerHeartbeatElapsed >= this.learnerHeartbeatTimeout;
+    if (voters) this.heartbeatElapsed = 0;
+    if (learners) this.learnerHeartbeatElapsed = 0;
+    if (voters || learners) this.#bcastHeartbeat({ voters, learners });
   }
 
   /** A leader that has not heard from a quorum for an election timeout steps down. */

@@ -254,6 +254,9 @@ function validateConfig(c: RaftConfig): void {
   if (typeof c.id !== 'string' || c.id.length === 0) bad('id must be a non-empty string');
   if (!Number.isInteger(c.heartbeatTick) || c.heartbeatTick < 1) bad('heartbeatTick must be a positive integer');
   if (!Number.isInteger(c.electionTick) || c.electionTick <= c.heartbeatTick) bad('electionTick must be an integer above heartbeatTick');
+  if (c.learnerHeartbeatTick !== undefined && (!Number.isInteger(c.learnerHeartbeatTick) || c.learnerHeartbeatTick < c.heartbeatTick)) {
+    bad('learnerHeartbeatTick must be an integer >= heartbeatTick');
+  }
   if (!Number.isInteger(c.maxInflightMsgs) || c.maxInflightMsgs < 1) bad('maxInflightMsgs must be a positive integer');
   if (!(c.maxSizePerMsg >= 0)) bad('maxSizePerMsg must be >= 0');
   if (!Number.isInteger(c.applied) || c.applied < 0) bad('applied must be an integer >= 0');

@@ -145,6 +145,11 @@ export interface RaftConfig {
   /** Ticks without hearing from a leader before campaigning; randomized in [electionTick, 2*electionTick). */
   electionTick: number;
   heartbeatTick: number;
+  /**
+   * Ticks between a leader's heartbeats to learners (default heartbeatTick, >= heartbeatTick).
+   * Learners never vote, so they need heartbeats only to learn the commit index of an idle log.
+   */
+  learnerHeartbeatTick?: number;
   storage: LogStorage;
   /** Index of the last entry already applied by the state machine (on restart). */
   applied: number;

@@ -40,7 +40,7 @@ export interface ControlPlaneOptions {
   publishHint(hint: RaftHint | undefined): void;
   wallNow(): number;
   /** Raft timing, for tests and benchmarks; defaults are RaftNode's. */
-  raft?: { tickMs?: number; electionTick?: number; snapshotEvery?: number };
+  raft?: { tickMs?: number; electionTick?: number; learnerHeartbeatTick?: number; snapshotEvery?: number };
 }
 
 export interface ControlPlanePeer extends AutopilotPeer {
@@ -111,6 +111,7 @@ export class ControlPlane {
       ...(bootstrap ? { bootstrap: { voters: [this.id] } } : {}),
       ...(opts.raft?.tickMs !== undefined ? { tickMs: opts.raft.tickMs } : {}),
       ...(opts.raft?.electionTick !== undefined ? { electionTick: opts.raft.electionTick } : {}),
+      ...(opts.raft?.learnerHeartbeatTick !== undefined ? { learnerHeartbeatTick: opts.raft.learnerHeartbeatTick } : {}),
       ...(opts.raft?.snapshotEvery !== undefined ? { snapshotEvery: opts.raft.snapshotEvery } : {}),
     });
     raft.onLeaderChange((e) => {

@@ -26,7 +26,9 @@
  * only grant votes, so that two survivors do not split the vote: kill → new leader committed in
  * ~50–100 ms on loopback (bench/raft.ts). Shorter timeouts would risk needless elections when the event loop of a busy
  * 2-core machine stalls (GC, a large snapshot): a leader is deposed only after 150 ms without a
- * heartbeat, i.e. six missed ones.
+ * heartbeat, i.e. six missed ones. Learners (every other healthy peer) get heartbeats only every
+ * learnerHeartbeatTick 20 (500 ms): they never vote, and at 64 members the voters' rate would
+ * cost the leader ~2,500 heartbeats a second plus as many answers; appends still reach them at once.
  *
  * ## Proposals
  * A proposal's entry data is an envelope `[version 1][16-byte proposal id][command]`. Only the
@@ -70,6 +72,8 @@ export interface RaftNodeOptions {
   tickMs?: number;
   electionTick?: number;
   heartbeatTick?: number;
+  /** Ticks between heartbeats to learners (default 20, at least heartbeatTick). */
+  learnerHeartbeatTick?: number;
   /** Take a state-machine snapshot (and compact the log) after this many applied entries. */
   snapshotEvery?: number;
   /**
@@ -155,6 +159,8 @@ interface PendingRead {
 
 export const DEFAULT_TICK_MS = 25;
 export const DEFAULT_ELECTION_TICK = 6;
+/** Heartbeats to learners every 20 ticks (500 ms), not every tick: see Timing above. */
+export const DEFAULT_LEARNER_HEARTBEAT_TICK = 20;
 const ENVELOPE_VERSION = 1;
 const PROPOSAL_ID_BYTES = 16;
 /** Stale messages the core still answers (telling a stale leader or pre-candidate our term). */
@@ -238,6 +244,7 @@ export class RaftNode {
       id: this.id,
       electionTick: this.#electionTick,
       heartbeatTick: o.heartbeatTick ?? 1,
+      learnerHeartbeatTick: o.learnerHeartbeatTick ?? Math.max(DEFAULT_LEARNER_HEARTBEAT_TICK, o.heartbeatTick ?? 1),
       storage: store,
       applied: this.#applied,
       randomInt: (n) => cryptoRandomInt(0, n),

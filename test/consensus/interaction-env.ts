@@ -5,7 +5,7 @@
  *
  * Commands (ids are small integers; `(1,2,3)` is a list):
  *   add-nodes N [voters=(..)] [learners=(..)] [index=I] [bootstrap=bool] [pre-vote=bool]
- *             [check-quorum=bool] [max-size=BYTES] [max-inflight=N]
+ *             [check-quorum=bool] [max-size=BYTES] [max-inflight=N] [learner-heartbeat-tick=N]
  *                                   new nodes, their storage seeded with a snapshot at index I
  *                                   (term 1) holding the config; with bootstrap=true, with the
  *                                   config as committed conf-change entries 1..n at term 1
@@ -225,6 +225,7 @@ export class InteractionEnv {
         id,
         electionTick: ELECTION_TICK,
         heartbeatTick: HEARTBEAT_TICK,
+        learnerHeartbeatTick: Number(options.get('learner-heartbeat-tick') ?? HEARTBEAT_TICK),
         // No jitter: a node times out after exactly electionTick ticks, so scripts are exact.
         randomInt: () => 0,
         preVote: parseBool(options.get('pre-vote'), true),

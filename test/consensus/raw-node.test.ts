@@ -61,6 +61,16 @@ describe('RawNode', () => {
     expect(errorCode(() => new RawNode(config({ applied: 5 })))).toBe('BAD_INPUT'); // beyond the commit index
   });
 
+  test('learnerHeartbeatTick: optional, an integer no shorter than heartbeatTick', () => {
+    // config() has heartbeatTick 2.
+    expect(errorCode(() => new RawNode(config()))).toBeUndefined();
+    expect(errorCode(() => new RawNode(config({ learnerHeartbeatTick: 2 })))).toBeUndefined();
+    expect(errorCode(() => new RawNode(config({ learnerHeartbeatTick: 40 })))).toBeUndefined(); // beyond electionTick is fine
+    for (const bad of [1, 0, -3, 2.5, Number.NaN]) {
+      expect(errorCode(() => new RawNode(config({ learnerHeartbeatTick: bad })))).toBe('BAD_INPUT');
+    }
+  });
+
   test('a single voter elects itself and commits a proposal in one Ready', () => {
     const storage = new MemoryStorage({ confState: { voters: ['1'], learners: [] } });
     const node = new RawNode(config({ storage }));

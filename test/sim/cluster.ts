@@ -82,6 +82,9 @@ export function deriveParams(seed: number): SimParams {
   const nodes = 3 + rng.int(3);
   const heartbeatTick = 1 + rng.int(3);
   const electionTick = heartbeatTick * (4 + rng.int(4)) + rng.int(3);
+  // From the seed, not the rng, so that every other parameter stays as it was: learners at the
+  // voters' rate, 3 times slower, or slower than the election timeout (as the daemon's are).
+  const learnerHeartbeatTick = heartbeatTick * [1, 3, 8][(seed >>> 0) % 3]!;
   // Mostly a network fast next to the election timeout; in some seeds one as slow as the timeout,
   // where elections often fail and safety must hold through the churn.
   const electionMs = electionTick * MIN_TICK_MS;
@@ -94,6 +97,7 @@ export function deriveParams(seed: number): SimParams {
     node: {
       electionTick,
       heartbeatTick,
+      learnerHeartbeatTick,
       preVote: rng.next() < 0.75,
       checkQuorum: rng.next() < 0.75,
       maxSizePerMsg: rng.next() < 0.3 ? 64 : 4096,

@@ -35,6 +35,7 @@ export type DriverBug =
 export interface NodeParams {
   electionTick: number;
   heartbeatTick: number;
+  learnerHeartbeatTick: number;
   preVote: boolean;
   checkQuorum: boolean;
   maxSizePerMsg: number;
@@ -144,6 +145,7 @@ export class SimNode {
       id: this.id,
       electionTick: p.electionTick,
       heartbeatTick: p.heartbeatTick,
+      learnerHeartbeatTick: p.learnerHeartbeatTick,
       storage: this.disk,
       applied: this.applied,
       randomInt: (n) => rng.int(n),
