@@ -2,17 +2,18 @@
  * Gossip wire frames. Two kinds travel, both msgpack envelopes `{t, p, s}` where `p` is the
  * msgpack payload and `s` the sender's identity-key signature over it:
  *
- * - `state`: a full NodeState (sent on change, every few seconds as repair, and in pulls);
- * - `hb`: a heartbeat `{peerId, fabricId, incarnation, seq}` (small, sent every heartbeat).
+ * - `state`: a full NodeState (sent on change, now and then as repair, and in pulls);
+ * - `suspect`: `{peerId, fabricId, target, incarnation}`, the announcement by `peerId` that its
+ *   probes of `target` (in that incarnation) failed; receivers probe `target` themselves.
  *
- * The signature covers a short domain tag followed by `p`: the tag keeps a signed heartbeat
+ * The signature covers a short domain tag followed by `p`: the tag keeps a signed announcement
  * from being replayed as a state (or as anything else the same key signs elsewhere), and
  * signing `p` itself rather than a re-encoding lets any peer relay a frame byte for byte.
  *
  * Every broadcast also carries `n`, a per-sender broadcast counter outside the signature. It
  * means nothing to us, but gossipsub (with StrictNoSign) names messages by a hash of their
- * bytes and drops repeats for minutes: without it, the second identical heartbeat of a version
- * and every periodic full-state rebroadcast would be discarded as duplicates.
+ * bytes and drops repeats for minutes: without it, every periodic full-state rebroadcast and a
+ * second announcement of the same suspicion would be discarded as duplicates.
  *
  * `decodeFrame` is the only door in from the wire: size limit first, then msgpack, then zod on
  * the envelope and the payload, then the fabric id, then the signature against the peer id the
@@ -38,18 +39,20 @@ const packr = new Packr({ useRecords: false });
 const utf8 = new TextEncoder();
 const SIGNING_DOMAIN = {
   state: utf8.encode('fabric/gossip/state/1\n'),
-  hb: utf8.encode('fabric/gossip/hb/1\n'),
+  suspect: utf8.encode('fabric/gossip/suspect/1\n'),
 } as const;
 
 export type FrameKind = keyof typeof SIGNING_DOMAIN;
 
-export const HeartbeatSchema = z.object({
+export const SuspicionSchema = z.object({
+  /** Who suspects: the signer. */
   peerId: z.string().min(1).max(128),
   fabricId: z.string().min(1).max(64),
+  target: z.string().min(1).max(128),
+  /** The target's incarnation as the announcer knew it. */
   incarnation: z.number().int().min(0),
-  seq: z.number().int().min(0),
 });
-export type Heartbeat = z.infer<typeof HeartbeatSchema>;
+export type Suspicion = z.infer<typeof SuspicionSchema>;
 
 const BytesSchema = (maxBytes: number) =>
   z
@@ -57,7 +60,7 @@ const BytesSchema = (maxBytes: number) =>
     .refine((value) => value.byteLength <= maxBytes, `at most ${maxBytes} bytes`);
 
 const EnvelopeSchema = z.object({
-  t: z.enum(['state', 'hb']),
+  t: z.enum(['state', 'suspect']),
   p: BytesSchema(MAX_FRAME_BYTES),
   s: BytesSchema(MAX_SIGNATURE_BYTES).refine((sig) => sig.byteLength > 0, 'empty signature'),
   /** Broadcast counter; unsigned, only there to make each broadcast's bytes unique. */
@@ -77,7 +80,7 @@ export type DropReason =
 export type DecodedFrame =
   /** `frame` is a private copy of the signed bytes, safe to store and relay verbatim. */
   | { ok: true; kind: 'state'; state: NodeState; frame: Uint8Array }
-  | { ok: true; kind: 'hb'; hb: Heartbeat }
+  | { ok: true; kind: 'suspect'; suspicion: Suspicion }
   | { ok: false; reason: DropReason; detail?: string };
 
 /** Bytes of the message a frame's signature covers: domain tag, then the payload. */
@@ -116,12 +119,12 @@ export async function encodeState(state: NodeState, sign: Sign): Promise<Uint8Ar
   return encodeFrame('state', parsed.data, sign);
 }
 
-export async function encodeHeartbeat(hb: Heartbeat, sign: Sign): Promise<Uint8Array> {
-  const parsed = HeartbeatSchema.safeParse(hb);
+export async function encodeSuspicion(suspicion: Suspicion, sign: Sign): Promise<Uint8Array> {
+  const parsed = SuspicionSchema.safeParse(suspicion);
   if (!parsed.success) {
-    throw new FabricError('BAD_INPUT', `invalid heartbeat: ${parsed.error.message}`);
+    throw new FabricError('BAD_INPUT', `invalid suspicion: ${parsed.error.message}`);
   }
-  return encodeFrame('hb', parsed.data, sign);
+  return encodeFrame('suspect', parsed.data, sign);
 }
 
 /**
@@ -144,7 +147,7 @@ export function peekClaim(bytes: Uint8Array): { kind: FrameKind; peerId: string;
   if (!outer.ok) return undefined;
   const envelope = outer.value as { t?: unknown; p?: unknown } | null;
   if (typeof envelope !== 'object' || envelope === null || !(envelope.p instanceof Uint8Array)) return undefined;
-  if (envelope.t !== 'state' && envelope.t !== 'hb') return undefined;
+  if (envelope.t !== 'state') return undefined;
   const inner = unpack(envelope.p);
   if (!inner.ok) return undefined;
   const claim = inner.value as { peerId?: unknown; incarnation?: unknown; seq?: unknown } | null;
@@ -210,10 +213,10 @@ export async function decodeFrame(bytes: Uint8Array, verify: Verify, expectedFab
       const refusal = await checkClaim(kind, state.data, payload, signature, verify, expectedFabricId);
       return refusal ?? { ok: true, kind, state: state.data, frame: new Uint8Array(bytes) };
     }
-    const hb = HeartbeatSchema.safeParse(inner.value);
-    if (!hb.success) return fail('bad-payload', hb.error.issues[0]?.message);
-    const refusal = await checkClaim(kind, hb.data, payload, signature, verify, expectedFabricId);
-    return refusal ?? { ok: true, kind, hb: hb.data };
+    const suspicion = SuspicionSchema.safeParse(inner.value);
+    if (!suspicion.success) return fail('bad-payload', suspicion.error.issues[0]?.message);
+    const refusal = await checkClaim(kind, suspicion.data, payload, signature, verify, expectedFabricId);
+    return refusal ?? { ok: true, kind, suspicion: suspicion.data };
   } catch (err) {
     // Defensive: nothing above should throw, but a frame must never take the daemon down.
     return fail('malformed', errorMessage(err).slice(0, 200));

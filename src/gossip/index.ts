@@ -1,12 +1,12 @@
 /** The gossip layer: signed state frames, the membership table with SWIM failure detection, and the service. */
 export {
   MAX_FRAME_BYTES,
-  HeartbeatSchema,
+  SuspicionSchema,
   encodeState,
-  encodeHeartbeat,
+  encodeSuspicion,
   decodeFrame,
   stampForBroadcast,
-  type Heartbeat,
+  type Suspicion,
   type DecodedFrame,
   type DropReason,
   type FrameKind,

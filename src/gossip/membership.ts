@@ -1,12 +1,24 @@
 /**
  * The membership table: who is in the fabric, the newest verified NodeState of each, and
- * whether each is alive, suspect or dead — SWIM-style failure detection driven by the Clock.
+ * whether each is alive, suspect or dead — SWIM failure detection driven by the Clock.
  *
- * Liveness evidence, from strongest to weakest:
- * - a probe the peer answers (directly, or through a helper: SWIM's ping-req) — it is up now;
- * - a heartbeat or state frame the peer broadcast itself ('direct');
- * - the peer's state relayed by a third party ('relayed'): it proves life only when it is
- *   newer than anything we heard before; an old copy served by anti-entropy proves nothing.
+ * Liveness is checked by probing, never by counting broadcasts: every probe period this daemon
+ * probes ONE alive peer, in a shuffled round-robin order (SWIM's target selection, so every peer
+ * is probed by every other within n periods, and by someone within a period or two). Total
+ * traffic grows as n, not n² as with every peer heartbeating to every other: 64 daemons on 2
+ * cores were drowned by 8,000 heartbeat deliveries a second.
+ *
+ * A peer is suspected only when a round of OUR probes failed: direct, then through
+ * `indirectProbes` random helpers (SWIM's ping-req). A suspect is probed round after round;
+ * any answer clears it, and only one that stayed suspect for `suspicionTimeoutMs` with every
+ * round failing is declared dead. Besides the round robin, a round starts at once when the
+ * transport sees our connection to the peer close (a crashed host's kernel closes its sockets)
+ * or when another peer announces a suspicion it reached by its own probes; neither is evidence
+ * by itself, so neither makes the peer suspect without a failed round of our own.
+ *
+ * Other evidence of life: a frame the peer broadcast itself ('direct'), an anti-entropy pull it
+ * answered, and its state relayed by a third party ('relayed') only when newer than anything
+ * heard before (an old copy served by anti-entropy proves nothing).
  *
  * A dead peer stays dead for its incarnation: frames of that incarnation (stale copies still
  * relayed by others) never revive it. Only a strictly higher incarnation (the daemon
@@ -14,37 +26,32 @@
  * the latter is how both sides of a healed partition find each other again.
  */
 import { FabricError, errorMessage, silentLogger, type Clock, type Logger, type Rng, type Timer } from '../core/index.ts';
-import type { Heartbeat } from './codec.ts';
-import type { GossipTransport } from './ports.ts';
+import type { GossipTransport, PullDigest } from './ports.ts';
 import { compareVersion, type NodeState, type StateVersion } from './state.ts';
 
 /**
  * Timing of the gossip layer. All durations in milliseconds of the Clock.
  *
- * Why the defaults detect a dead peer well under 3 s yet shrug off lost heartbeats:
- * - A peer heartbeats every 500 ms and is suspected only after 1500 ms of silence, i.e. after
- *   three heartbeats in a row went missing: a lost packet or two never raises suspicion.
- * - Suspicion is not death. The suspect is pinged directly (400 ms) and, failing that, through
- *   3 random peers (another 400 ms): four independent network paths, and any answer clears it.
- *   A slow peer that misses heartbeats but answers a probe is never declared dead.
- * - Only a suspect that stayed suspect for at least 600 ms — so through one complete failed
- *   probe round (or two direct probes, when no helper is alive) — is declared dead.
- * - Worst case after a crash: its last heartbeat left at most 500 ms before; silence 1500 ms,
- *   + up to 250 ms until the next detector tick, + 800 ms for the failed probe round ⇒ dead at
- *   1.8–2.55 s after the crash (plus network latency), under 3 s on every peer independently.
- *   When the crash closes the connection (the usual case), the transport's disconnect hint
- *   starts the probe round at once and detection takes ~0.6–1 s.
+ * Why the defaults detect a dead peer within ~1 s of a crash, and a hung one within ~3 s at 64
+ * peers, yet do not suspect a live one:
+ * - A crashed daemon's connections close, and every peer connected to it (with round-robin
+ *   probing, every peer) probes it at once: the probes are refused, so it is suspect within
+ *   milliseconds, probed again 400 ms later, and declared dead at ~0.8 s, once it has been
+ *   suspect for 600 ms across two failed rounds.
+ * - A hung daemon (frozen, or its cable cut) closes nothing. Some peer probes it within
+ *   ln(100) × 250 ms ≈ 1.2 s (p99: each period each of n-1 peers has it next with chance
+ *   ~1/(n-1)); that round fails after 400 + 400 ms; the suspicion is announced to all, and
+ *   each runs its own rounds: dead everywhere ~1.6 s after the announcement.
+ * - A suspicion needs the direct probe AND every indirect probe to go unanswered for 400 ms
+ *   each: four independent network paths. A slow peer that answers any of them is never
+ *   suspected; one that answers later is alive again, never dead.
  */
 export interface GossipOptions {
-  /** How often a daemon broadcasts its heartbeat frame. */
-  heartbeatMs: number;
-  /** Silence after which a peer is suspected and probed. */
-  suspectAfterMs: number;
-  /** Period of the failure detector's silence check (and of its upkeep of dead peers). */
+  /** Period of the round-robin probe (one alive peer per period) and of the dead peers' upkeep. */
   probeIntervalMs: number;
   /** Deadline of a direct probe, and separately of the round of indirect probes. */
   probeTimeoutMs: number;
-  /** How many random alive peers are asked to probe a suspect that missed a direct probe. */
+  /** How many random alive peers are asked to probe a peer that missed a direct probe. */
   indirectProbes: number;
   /** Least time a peer stays suspect, with failing probes, before it is declared dead. */
   suspicionTimeoutMs: number;
@@ -57,7 +64,7 @@ export interface GossipOptions {
    */
   deadReprobeMs: number;
   deadReprobeMaxMs: number;
-  /** The full signed state is rebroadcast this often, in place of one heartbeat (cheap repair). */
+  /** The full signed state is rebroadcast this often when it has not changed (cheap repair). */
   fullStateEveryMs: number;
   /** Period of the anti-entropy pull from one random alive peer. */
   antiEntropyMs: number;
@@ -66,8 +73,6 @@ export interface GossipOptions {
 }
 
 export const DEFAULT_GOSSIP_OPTIONS: Readonly<GossipOptions> = Object.freeze({
-  heartbeatMs: 500,
-  suspectAfterMs: 1_500,
   probeIntervalMs: 250,
   probeTimeoutMs: 400,
   indirectProbes: 3,
@@ -75,7 +80,7 @@ export const DEFAULT_GOSSIP_OPTIONS: Readonly<GossipOptions> = Object.freeze({
   deadRetentionMs: 24 * 60 * 60 * 1_000,
   deadReprobeMs: 10_000,
   deadReprobeMaxMs: 5 * 60 * 1_000,
-  fullStateEveryMs: 10_000,
+  fullStateEveryMs: 30_000,
   antiEntropyMs: 5_000,
   pullTimeoutMs: 5_000,
 });
@@ -90,8 +95,6 @@ export function resolveGossipOptions(overrides: Partial<GossipOptions> = {}): Go
     if (value !== undefined) options[key] = value;
   }
   const positive: (keyof GossipOptions)[] = [
-    'heartbeatMs',
-    'suspectAfterMs',
     'probeIntervalMs',
     'probeTimeoutMs',
     'suspicionTimeoutMs',
@@ -111,9 +114,6 @@ export function resolveGossipOptions(overrides: Partial<GossipOptions> = {}): Go
   if (!(options.deadReprobeMs >= 0) || !(options.deadReprobeMaxMs >= options.deadReprobeMs)) {
     throw new FabricError('BAD_INPUT', 'gossip options need 0 <= deadReprobeMs <= deadReprobeMaxMs');
   }
-  if (options.suspectAfterMs <= options.heartbeatMs) {
-    throw new FabricError('BAD_INPUT', 'gossip option suspectAfterMs must exceed heartbeatMs, or every peer is suspected between beats');
-  }
   return options;
 }
 
@@ -124,9 +124,9 @@ export interface MembershipEntry {
   peerId: string;
   /** True for this daemon's own entry, which is always alive. */
   self: boolean;
-  /** Newest verified state; absent while only heartbeats were heard and the pull is under way. */
+  /** Newest verified state; absent only for our own entry before its first state is set. */
   state: NodeState | undefined;
-  /** Highest version heard from the peer (heartbeat or state); may run ahead of `state`. */
+  /** Highest version heard from the peer; may run ahead of `state` (a newer relayed claim). */
   version: StateVersion;
   status: MemberStatus;
   /** Local clock time of the last evidence that the peer was alive. */
@@ -159,6 +159,12 @@ export interface MembershipDeps {
   prober: Prober;
   log?: Logger;
   options?: Partial<GossipOptions>;
+  /**
+   * Called when a round-robin probe round of ours failed and made a peer suspect, so the
+   * caller can announce it: the others then probe that peer at once instead of waiting for
+   * their own turn. Suspicions started by a hint or an announcement are not announced again.
+   */
+  onSuspect?: (peerId: string, incarnation: number) => void;
 }
 
 interface Entry {
@@ -256,6 +262,10 @@ export class Membership {
   readonly #entries = new Map<string, Entry>();
   readonly #listeners = new Set<MembershipListener>();
   readonly #cancels = new Set<() => void>();
+  readonly #onSuspect: ((peerId: string, incarnation: number) => void) | undefined;
+  /** Round-robin probe order (SWIM): a shuffle of the alive peers, walked one per period. */
+  #probeOrder: string[] = [];
+  #probeCursor = 0;
   #tickTimer: Timer | undefined;
   #running = false;
   #suspicions = 0;
@@ -268,6 +278,7 @@ export class Membership {
     this.#rng = deps.rng;
     this.#prober = deps.prober;
     this.#log = deps.log ?? silentLogger;
+    this.#onSuspect = deps.onSuspect;
     const now = this.#clock.now();
     this.#entries.set(this.selfPeerId, this.#newEntry(this.selfPeerId, { incarnation: 0, seq: 0 }, now));
   }
@@ -338,31 +349,24 @@ export class Membership {
   }
 
   /**
-   * Takes a verified heartbeat: liveness under the same rules as states. Returns whether it
-   * announces a version newer than the state held, i.e. whether the caller should pull.
+   * A transport connection to `peerId` closed: probe it now instead of waiting for its turn.
+   * Only a failed round makes it suspect: connections also close for reasons of their own.
    */
-  observeHeartbeat(hb: Heartbeat, evidence: Evidence = 'direct'): boolean {
-    if (hb.peerId === this.selfPeerId) return false;
-    const incoming = versionOf(hb);
-    const now = this.#clock.now();
-    const known = this.#entries.get(hb.peerId);
-    if (known === undefined) {
-      const entry = this.#newEntry(hb.peerId, incoming, now);
-      this.#entries.set(hb.peerId, entry);
-      this.#emit({ type: 'status', peerId: entry.peerId, status: 'alive' });
-      return true;
-    }
-    if (incoming.incarnation < known.version.incarnation) return false; // from a previous life
-    this.#noteHeard(known, incoming, evidence, now);
-    return known.state === undefined || compareVersion(incoming, known.state) > 0;
-  }
-
-  /** A transport connection to `peerId` closed: suspect and probe it now instead of waiting for silence. */
   hintDisconnected(peerId: string): void {
     const entry = this.#entries.get(peerId);
-    if (entry === undefined || peerId === this.selfPeerId || !this.#running) return;
-    if (entry.status === 'alive') this.#suspect(entry, this.#clock.now());
-    if (entry.status === 'suspect') this.#startProbeRound(entry);
+    if (entry === undefined || peerId === this.selfPeerId || !this.#running || entry.status === 'dead') return;
+    this.#startProbeRounds(entry, false);
+  }
+
+  /**
+   * Another peer announced that its probes of `peerId` (at `incarnation`) failed: probe it now
+   * ourselves. The announcement alone changes nothing, so a forged or mistaken one costs a probe.
+   */
+  hintSuspected(peerId: string, incarnation: number): void {
+    const entry = this.#entries.get(peerId);
+    if (entry === undefined || peerId === this.selfPeerId || !this.#running || entry.status === 'dead') return;
+    if (incarnation < entry.version.incarnation) return; // about a previous life
+    this.#startProbeRounds(entry, false);
   }
 
   /** A transport connection to `peerId` opened: a peer we hold dead may be back, so re-probe it now. */
@@ -371,6 +375,16 @@ export class Membership {
     if (entry === undefined || entry.status !== 'dead' || !this.#running) return;
     entry.reprobeDelayMs = this.options.deadReprobeMs;
     this.#reprobeDead(entry);
+  }
+
+  /**
+   * `peerId` answered a request of ours (an anti-entropy pull): it is up now, as if it had
+   * answered a probe. A dead peer is left to its re-probes, which decide on their own.
+   */
+  heardFrom(peerId: string): void {
+    const entry = this.#entries.get(peerId);
+    if (entry === undefined || peerId === this.selfPeerId || entry.status === 'dead') return;
+    this.#answered(entry, this.#clock.now());
   }
 
   get(peerId: string): MembershipEntry | undefined {
@@ -395,15 +409,29 @@ export class Membership {
   }
 
   /**
-   * The signed state frames to hand a peer that pulls: our own and those of every peer not
-   * held dead (handing out a dead peer's last state would make the puller believe it alive).
+   * The signed state frames to hand a peer that pulls with digest `have`: our own and those of
+   * every peer not held dead (handing out a dead peer's last state would make the puller
+   * believe it alive), unless the puller holds that version or a newer one.
    */
-  signedFrames(): Uint8Array[] {
+  signedFrames(have: PullDigest = []): Uint8Array[] {
+    const held = new Map<string, StateVersion>();
+    for (const [peerId, incarnation, seq] of have) held.set(peerId, { incarnation, seq });
     const frames: Uint8Array[] = [];
     for (const entry of this.#entries.values()) {
-      if (entry.status !== 'dead' && entry.signedFrame !== undefined) frames.push(entry.signedFrame);
+      if (entry.status === 'dead' || entry.signedFrame === undefined || entry.state === undefined) continue;
+      const theirs = held.get(entry.peerId);
+      if (theirs === undefined || compareVersion(entry.state, theirs) > 0) frames.push(entry.signedFrame);
     }
     return frames;
+  }
+
+  /** What we hold, for a pull: the version of every state held, dead peers' included. */
+  digest(): PullDigest {
+    const have: [string, number, number][] = [];
+    for (const entry of this.#entries.values()) {
+      if (entry.state !== undefined) have.push([entry.peerId, entry.state.incarnation, entry.state.seq]);
+    }
+    return have;
   }
 
   #newEntry(peerId: string, version: StateVersion, now: number): Entry {
@@ -445,11 +473,7 @@ export class Membership {
         this.#setStatus(entry, 'alive', now);
       }
     } else if (evidence === 'direct' || compareVersion(incoming, heard) > 0) {
-      entry.lastHeardMs = now;
-      if (entry.status === 'suspect') {
-        this.#falseSuspicions++;
-        this.#setStatus(entry, 'alive', now);
-      }
+      this.#answered(entry, now);
     }
     if (compareVersion(incoming, heard) > 0) entry.version = incoming;
   }
@@ -464,11 +488,6 @@ export class Membership {
     }
     this.#log.debug({ peerId: entry.peerId, status }, 'member status changed');
     this.#emit({ type: 'status', peerId: entry.peerId, status, ...(entry.state ? { state: entry.state } : {}) });
-  }
-
-  #suspect(entry: Entry, now: number): void {
-    this.#suspicions++;
-    this.#setStatus(entry, 'suspect', now);
   }
 
   #emit(event: MembershipEvent): void {
@@ -496,26 +515,32 @@ export class Membership {
   #tick(): void {
     const now = this.#clock.now();
     for (const entry of [...this.#entries.values()]) {
-      if (entry.peerId === this.selfPeerId) continue;
-      switch (entry.status) {
-        case 'alive':
-          if (now - entry.lastHeardMs > this.options.suspectAfterMs) {
-            this.#suspect(entry, now);
-            this.#startProbeRound(entry);
-          }
-          break;
-        case 'suspect':
-          this.#startProbeRound(entry); // keeps probing until it answers or is declared dead
-          break;
-        case 'dead':
-          if (now - entry.statusSinceMs >= this.options.deadRetentionMs) {
-            this.#entries.delete(entry.peerId);
-            this.#emit({ type: 'removed', peerId: entry.peerId, status: 'dead' });
-          } else if (this.options.deadReprobeMs > 0 && now >= entry.nextReprobeMs) {
-            this.#reprobeDead(entry);
-          }
-          break;
+      if (entry.status !== 'dead') continue;
+      if (now - entry.statusSinceMs >= this.options.deadRetentionMs) {
+        this.#entries.delete(entry.peerId);
+        this.#emit({ type: 'removed', peerId: entry.peerId, status: 'dead' });
+      } else if (this.options.deadReprobeMs > 0 && now >= entry.nextReprobeMs) {
+        this.#reprobeDead(entry);
       }
+    }
+    const target = this.#nextProbeTarget();
+    if (target !== undefined) this.#startProbeRounds(target, true);
+  }
+
+  /**
+   * The next alive peer in the round-robin order, reshuffled after each pass (newcomers join at
+   * the next pass). Peers that left, died or are being probed already are skipped.
+   */
+  #nextProbeTarget(): Entry | undefined {
+    for (let reshuffled = false; ; ) {
+      while (this.#probeCursor < this.#probeOrder.length) {
+        const entry = this.#entries.get(this.#probeOrder[this.#probeCursor++]!);
+        if (entry !== undefined && entry.status === 'alive' && !entry.probing) return entry;
+      }
+      if (reshuffled) return undefined;
+      reshuffled = true;
+      this.#probeOrder = this.#rng.shuffle(this.alivePeerIds());
+      this.#probeCursor = 0;
     }
   }
 
@@ -523,38 +548,58 @@ export class Membership {
     return this.#running && this.#entries.get(entry.peerId) === entry;
   }
 
+  /** Probing this entry is over: the detector stopped, the peer was forgotten or declared dead. */
+  #settled(entry: Entry): boolean {
+    return !this.#isCurrent(entry) || entry.status === 'dead';
+  }
+
+  /** The peer answered (a probe, or a request of ours): alive now, and a suspicion was false. */
+  #answered(entry: Entry, now: number): void {
+    entry.lastHeardMs = now;
+    if (entry.status === 'suspect') {
+      this.#falseSuspicions++;
+      this.#setStatus(entry, 'alive', now);
+    }
+  }
+
   /**
-   * Probes a suspect until it answers (alive again) or has been suspect for
-   * suspicionTimeoutMs with every round failing (dead). Rounds run back to back, each at least
-   * probeTimeoutMs apart so that probes failing fast (connection refused) do not spin.
+   * Probes a peer round after round until it answers (alive), was heard from meanwhile, or has
+   * been suspect for suspicionTimeoutMs with every round failing (dead). The first failed round
+   * makes it suspect (announced when `announce`). Rounds start at least probeTimeoutMs apart,
+   * so that probes failing fast (connection refused) do not spin. Never two loops on one peer.
    */
-  #startProbeRound(entry: Entry): void {
+  #startProbeRounds(entry: Entry, announce: boolean): void {
     if (entry.probing) return;
     entry.probing = true;
-    void this.#probeUntilDecided(entry)
+    void this.#probeUntilDecided(entry, announce)
       .catch((err: unknown) => this.#log.error({ err: errorMessage(err), peerId: entry.peerId }, 'probing failed'))
       .finally(() => {
         entry.probing = false;
       });
   }
 
-  async #probeUntilDecided(entry: Entry): Promise<void> {
-    const suspectedSince = entry.statusSinceMs;
+  async #probeUntilDecided(entry: Entry, announce: boolean): Promise<void> {
     const { probeTimeoutMs, suspicionTimeoutMs } = this.options;
+    let suspectedSince = entry.status === 'suspect' ? entry.statusSinceMs : undefined;
     for (;;) {
       const roundStartedMs = this.#clock.now();
-      const answered = await this.#probeRound(entry);
-      if (!this.#isCurrent(entry)) return;
+      const answered = await this.#probeRound(entry, roundStartedMs);
+      if (this.#settled(entry)) return;
       const now = this.#clock.now();
-      if (answered) entry.lastHeardMs = now;
-      // Heard from meanwhile, or suspected anew: that suspicion gets its own rounds.
-      if (entry.status !== 'suspect' || entry.statusSinceMs !== suspectedSince) return;
       if (answered) {
-        this.#falseSuspicions++;
-        this.#setStatus(entry, 'alive', now);
+        this.#answered(entry, now);
         return;
       }
-      if (now - suspectedSince >= suspicionTimeoutMs) {
+      // Heard from meanwhile (a frame it sent, a pull it answered): that settles this round.
+      if (entry.lastHeardMs >= roundStartedMs) return;
+      if (suspectedSince === undefined) {
+        this.#suspicions++;
+        this.#setStatus(entry, 'suspect', now);
+        suspectedSince = now;
+        if (announce) this.#announceSuspicion(entry);
+      } else if (entry.status !== 'suspect' || entry.statusSinceMs !== suspectedSince) {
+        return; // cleared and suspected anew meanwhile: not this loop's suspicion any more
+      } else if (now - suspectedSince >= suspicionTimeoutMs) {
         this.#log.info({ peerId: entry.peerId, silentMs: now - entry.lastHeardMs }, 'peer declared dead');
         this.#setStatus(entry, 'dead', now);
         return;
@@ -562,12 +607,21 @@ export class Membership {
       const pauseMs = roundStartedMs + probeTimeoutMs - now;
       if (pauseMs > 0) {
         await withDeadline(this.#clock, pauseMs, () => new Promise<void>(() => {}), undefined, this.#cancels);
-        if (!this.#isCurrent(entry)) return;
+        if (this.#settled(entry)) return;
       }
     }
   }
 
-  async #probeRound(entry: Entry): Promise<boolean> {
+  #announceSuspicion(entry: Entry): void {
+    try {
+      this.#onSuspect?.(entry.peerId, entry.version.incarnation);
+    } catch (err) {
+      this.#log.warn({ err: errorMessage(err), peerId: entry.peerId }, 'announcing a suspicion failed');
+    }
+  }
+
+  /** One SWIM round: a direct probe, then, if unanswered, probes through random helpers. */
+  async #probeRound(entry: Entry, roundStartedMs: number): Promise<boolean> {
     const target = entry.peerId;
     const { probeTimeoutMs, indirectProbes } = this.options;
     const direct = await withDeadline(
@@ -578,7 +632,7 @@ export class Membership {
       this.#cancels,
     );
     if (direct === true) return true;
-    if (!this.#isCurrent(entry) || entry.status !== 'suspect') return false;
+    if (this.#settled(entry) || entry.lastHeardMs >= roundStartedMs) return false;
     const helpers = this.#rng.sample(
       this.alivePeerIds().filter((id) => id !== target),
       indirectProbes,

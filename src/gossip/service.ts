@@ -1,13 +1,14 @@
 /**
  * GossipService: one daemon's side of the shared view. It signs and broadcasts its own state
- * (on change, as heartbeats, and in full every few seconds), takes in what peers broadcast,
- * repairs gaps by anti-entropy pulls, and runs the failure detector (Membership).
+ * (on change, and again now and then as repair), takes in what peers broadcast, repairs gaps by
+ * anti-entropy pulls that ask only for what the puller lacks, runs the failure detector
+ * (Membership), and announces the suspicions its own probes reach.
  *
  * The transport calls the `handle*` and `peer*` methods; none of them ever throws or rejects
  * on anything a peer sends. Every background promise is caught where it is started.
  */
 import { FabricError, errorMessage, silentLogger, type Clock, type Logger, type Rng, type Timer } from '../core/index.ts';
-import { decodeFrame, encodeHeartbeat, encodeState, peekClaim, stampForBroadcast, type DropReason } from './codec.ts';
+import { decodeFrame, encodeState, encodeSuspicion, peekClaim, stampForBroadcast, type DropReason } from './codec.ts';
 import {
   Membership,
   resolveGossipOptions,
@@ -16,8 +17,8 @@ import {
   type GossipOptions,
   type MembershipListener,
 } from './membership.ts';
-import type { GossipTransport, Sign, Verify } from './ports.ts';
-import { compareVersion, type NodeState, type StateVersion } from './state.ts';
+import type { GossipTransport, PullDigest, Sign, Verify } from './ports.ts';
+import { compareVersion, type NodeState } from './state.ts';
 
 /** A pull answer longer than this is cut: no fabric is that large, a hostile peer might be. */
 export const MAX_FRAMES_PER_PULL = 10_000;
@@ -67,12 +68,11 @@ export class GossipService {
 
   #state: NodeState;
   #stateFrame: Uint8Array | undefined;
-  #heartbeat: { version: StateVersion; frame: Uint8Array } | undefined;
   /** Own-state changes run one after another, so seq grows in the order frames are signed. */
   #selfUpdates: Promise<unknown> = Promise.resolve();
   readonly #pulls = new Map<string, Promise<boolean>>();
   readonly #cancels = new Set<() => void>();
-  #heartbeatTimer: Timer | undefined;
+  #rebroadcastTimer: Timer | undefined;
   #antiEntropyTimer: Timer | undefined;
   #lastFullStateMs = Number.NEGATIVE_INFINITY;
   #started = false;
@@ -107,11 +107,12 @@ export class GossipService {
       prober: deps.transport,
       log: this.#log,
       options: this.options,
+      onSuspect: (target, incarnation) => void this.#announceSuspicion(target, incarnation),
     });
   }
 
   /**
-   * Signs the initial state, announces it, and starts heartbeats, anti-entropy and the failure
+   * Signs the initial state, announces it, and starts rebroadcasts, anti-entropy and the failure
    * detector. Rejects (FabricError BAD_INPUT) only if the initial state itself is invalid.
    */
   start(): Promise<void> {
@@ -133,14 +134,14 @@ export class GossipService {
     if (this.#stopped) return;
     this.membership.start();
     this.#broadcastFullState();
-    this.#scheduleHeartbeat();
+    this.#scheduleRebroadcast();
     this.#scheduleAntiEntropy();
   }
 
   /** Stops every timer and abandons pulls and probes in flight. Frames arriving later are ignored. */
   stop(): void {
     this.#stopped = true;
-    this.#heartbeatTimer?.cancel();
+    this.#rebroadcastTimer?.cancel();
     this.#antiEntropyTimer?.cancel();
     this.membership.stop();
     for (const cancel of [...this.#cancels]) cancel();
@@ -207,9 +208,12 @@ export class GossipService {
     }
   }
 
-  /** Anti-entropy answer: every signed state frame held (own and others', byte for byte). */
-  handlePullRequest(): Uint8Array[] {
-    return this.membership.signedFrames();
+  /**
+   * Anti-entropy answer: the signed state frames held (own and others', byte for byte) that
+   * are newer than what the puller says it has, or of peers it does not list.
+   */
+  handlePullRequest(have: PullDigest = []): Uint8Array[] {
+    return this.membership.signedFrames(have);
   }
 
   /** Serves a peer's ping-req: probe `target` on its behalf. */
@@ -231,7 +235,7 @@ export class GossipService {
     await this.#pullFrom(peerId);
   }
 
-  /** A connection to `peerId` closed: start suspecting and probing it without waiting for silence. */
+  /** A connection to `peerId` closed: probe it now rather than at its turn. */
   peerDisconnected(peerId: string): void {
     if (this.#stopped) return;
     this.membership.hintDisconnected(peerId);
@@ -265,29 +269,24 @@ export class GossipService {
     this.#broadcast(this.#stateFrame, 'state');
   }
 
-  /** Every beat sends the small heartbeat, except every fullStateEveryMs the full state instead. */
-  async #beat(): Promise<void> {
-    if (this.#clock.now() - this.#lastFullStateMs >= this.options.fullStateEveryMs) {
-      this.#broadcastFullState();
-      return;
-    }
-    const state = this.#state;
-    let heartbeat = this.#heartbeat;
-    if (heartbeat === undefined || compareVersion(heartbeat.version, state) !== 0) {
-      const version = { incarnation: state.incarnation, seq: state.seq };
-      const frame = await encodeHeartbeat({ peerId: this.peerId, fabricId: this.fabricId, ...version }, this.#sign);
-      heartbeat = { version, frame };
-      this.#heartbeat = heartbeat;
-    }
-    if (!this.#stopped) this.#broadcast(heartbeat.frame, 'heartbeat');
+  /** Rebroadcasts the state when it has not been broadcast for fullStateEveryMs. */
+  #scheduleRebroadcast(): void {
+    const dueInMs = Math.max(1, this.#lastFullStateMs + this.options.fullStateEveryMs - this.#clock.now());
+    this.#rebroadcastTimer = this.#clock.setTimer(dueInMs, () => {
+      if (this.#stopped) return;
+      if (this.#clock.now() - this.#lastFullStateMs >= this.options.fullStateEveryMs) this.#broadcastFullState();
+      this.#scheduleRebroadcast();
+    });
   }
 
-  #scheduleHeartbeat(): void {
-    this.#heartbeatTimer = this.#clock.setTimer(this.options.heartbeatMs, () => {
-      if (this.#stopped) return;
-      this.#beat().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'heartbeat failed'));
-      this.#scheduleHeartbeat();
-    });
+  /** Tells every peer that our probes of `target` failed, so they probe it now (codec.ts). */
+  async #announceSuspicion(target: string, incarnation: number): Promise<void> {
+    try {
+      const frame = await encodeSuspicion({ peerId: this.peerId, fabricId: this.fabricId, target, incarnation }, this.#sign);
+      if (!this.#stopped) this.#broadcast(frame, 'suspicion');
+    } catch (err) {
+      this.#log.warn({ err: errorMessage(err), target }, 'could not announce a suspicion');
+    }
   }
 
   #scheduleAntiEntropy(): void {
@@ -321,7 +320,7 @@ export class GossipService {
     const frames = await withDeadline<unknown>(
       this.#clock,
       this.options.pullTimeoutMs,
-      (signal) => this.#transport.pull(peerId, signal),
+      (signal) => this.#transport.pull(peerId, this.membership.digest(), signal),
       undefined,
       this.#cancels,
     );
@@ -333,6 +332,7 @@ export class GossipService {
       this.#droppedFrames += frames.length - MAX_FRAMES_PER_PULL;
       this.#warnRateLimited('pull-too-long', { peerId, frames: frames.length }, 'anti-entropy answer cut short');
     }
+    this.membership.heardFrom(peerId);
     for (const bytes of frames.slice(0, MAX_FRAMES_PER_PULL)) {
       if (this.#stopped) break;
       await this.#ingest(bytes as Uint8Array, peerId, 'pull');
@@ -349,7 +349,18 @@ export class GossipService {
       this.#drop(decoded.reason, decoded.detail, fromPeerId, arrival);
       return;
     }
-    const origin = decoded.kind === 'state' ? decoded.state : decoded.hb;
+    if (decoded.kind === 'suspect') {
+      const { peerId: announcer, target, incarnation } = decoded.suspicion;
+      if (announcer === this.peerId || arrival !== 'broadcast') return;
+      if (target === this.peerId) {
+        // We answer probes, so the announcer's next round will find us; nothing to refute.
+        this.#log.debug({ announcer }, 'a peer suspects us');
+        return;
+      }
+      this.membership.hintSuspected(target, incarnation);
+      return;
+    }
+    const origin = decoded.state;
     if (origin.peerId === this.peerId) {
       if (compareVersion(origin, this.#state) > 0) {
         this.#warnRateLimited(
@@ -362,23 +373,7 @@ export class GossipService {
     }
     // A broadcast comes from its author; in a pull, only the answering peer's own frame does.
     const evidence: Evidence = arrival === 'broadcast' || origin.peerId === fromPeerId ? 'direct' : 'relayed';
-    if (decoded.kind === 'state') {
-      this.membership.observeState(decoded.state, decoded.frame, evidence);
-      return;
-    }
-    if (this.membership.observeHeartbeat(decoded.hb, evidence)) {
-      // In the background: the transport may deliver frames one at a time, awaiting each.
-      void this.#pullAnnounced(decoded.hb.peerId, fromPeerId);
-    }
-  }
-
-  /**
-   * We hold an older state than a heartbeat announces: fetch it from its author, or, if the
-   * author cannot be reached from here, from whoever handed us the heartbeat. Never rejects.
-   */
-  async #pullAnnounced(author: string, fromPeerId: string): Promise<void> {
-    const answered = await this.#pullFrom(author);
-    if (!answered && fromPeerId !== author) await this.#pullFrom(fromPeerId);
+    this.membership.observeState(decoded.state, decoded.frame, evidence);
   }
 
   /**

@@ -243,7 +243,7 @@ export class Daemon {
     const topic = gossipTopic(this.config.fabricId);
     await serveGossipProtocols(
       host,
-      { pullFrames: () => this.#gossip.handlePullRequest(), probeFor: (target, signal) => this.#gossip.handleProbeVia(target, signal) },
+      { pullFrames: (have) => this.#gossip.handlePullRequest(have), probeFor: (target, signal) => this.#gossip.handleProbeVia(target, signal) },
       this.#log,
       400,
     );

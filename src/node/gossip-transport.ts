@@ -3,7 +3,8 @@
  * anti-entropy pulls, `/fabric/swim/1` for direct and indirect probes.
  */
 import { z } from 'zod';
-import type { GossipTransport } from '../gossip/ports.ts';
+import { MAX_FRAMES_PER_PULL } from '../gossip/index.ts';
+import type { GossipTransport, PullDigest } from '../gossip/ports.ts';
 import type { Logger } from '../core/index.ts';
 import type { FabricHost } from './host.ts';
 import { serveProtocol, withStream } from './wire.ts';
@@ -13,8 +14,15 @@ export const SWIM_PROTOCOL = '/fabric/swim/1';
 const MAX_SYNC_FRAME = 320 * 1024;
 const MAX_SYNC_FRAMES = 4096;
 const MAX_SWIM_FRAME = 1024;
+/** A pull request lists what the puller holds: ~60 bytes per peer. */
+const MAX_SYNC_REQUEST_FRAME = 64 * MAX_FRAMES_PER_PULL + 1024;
 
-const SyncRequest = z.object({ t: z.literal('pull') });
+const SyncRequest = z.object({
+  t: z.literal('pull'),
+  have: z
+    .array(z.tuple([z.string().min(1).max(128), z.number().int().min(0), z.number().int().min(0)]))
+    .max(MAX_FRAMES_PER_PULL),
+});
 const SyncReply = z.discriminatedUnion('t', [
   z.object({ t: z.literal('frame'), b: z.instanceof(Uint8Array) }),
   z.object({ t: z.literal('end') }),
@@ -35,9 +43,9 @@ export function createGossipTransport(host: FabricHost, fabricId: string): Gossi
     async broadcast(frame) {
       await host.services.pubsub.publish(topic, frame);
     },
-    async pull(peerId, signal) {
+    async pull(peerId, have, signal) {
       return withStream(host, peerId, SYNC_PROTOCOL, MAX_SYNC_FRAME, signal, async (s) => {
-        await s.write({ t: 'pull' }, signal);
+        await s.write({ t: 'pull', have }, signal);
         const frames: Uint8Array[] = [];
         for (;;) {
           const reply = await s.read(SyncReply, 'sync reply', signal);
@@ -71,15 +79,15 @@ export function createGossipTransport(host: FabricHost, fabricId: string): Gossi
 }
 
 export interface GossipHandlers {
-  pullFrames(): Uint8Array[];
+  pullFrames(have: PullDigest): Uint8Array[];
   probeFor(target: string, signal: AbortSignal): Promise<boolean>;
 }
 
 /** Serves the sync and swim protocols for other peers. */
 export async function serveGossipProtocols(host: FabricHost, handlers: GossipHandlers, log: Logger, probeTimeoutMs: number): Promise<void> {
-  await serveProtocol(host, SYNC_PROTOCOL, { maxFrameBytes: 1024, log }, async (s) => {
-    await s.read(SyncRequest, 'sync request');
-    for (const b of handlers.pullFrames()) await s.write({ t: 'frame', b });
+  await serveProtocol(host, SYNC_PROTOCOL, { maxFrameBytes: MAX_SYNC_REQUEST_FRAME, log }, async (s) => {
+    const { have } = await s.read(SyncRequest, 'sync request');
+    for (const b of handlers.pullFrames(have)) await s.write({ t: 'frame', b });
     await s.write({ t: 'end' });
   });
   await serveProtocol(host, SWIM_PROTOCOL, { maxFrameBytes: MAX_SWIM_FRAME, log, maxInboundStreams: 64 }, async (s) => {

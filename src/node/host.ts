@@ -46,7 +46,7 @@ export async function createHost(opts: HostOptions): Promise<FabricHost> {
       identify: identify(),
       ping: ping(),
       pubsub: gossipsub({
-        // States and heartbeats carry their own Ed25519 signature (src/gossip/codec.ts), which
+        // States and suspicion announcements carry their own Ed25519 signature (src/gossip/codec.ts), which
         // also covers frames relayed by anti-entropy; a second gossipsub signature would only cost CPU.
         globalSignaturePolicy: 'StrictNoSign',
         allowPublishToZeroTopicPeers: true,

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { isFabricError } from '../../src/core/index.ts';
-import { MAX_FRAME_BYTES, decodeFrame, encodeHeartbeat, encodeState, stampForBroadcast } from '../../src/gossip/codec.ts';
+import { MAX_FRAME_BYTES, decodeFrame, encodeState, encodeSuspicion, stampForBroadcast } from '../../src/gossip/codec.ts';
 import { FABRIC_ID, KeyRing, makeState } from './mem-transport.ts';
 
 const packr = new Packr({ useRecords: false });
@@ -23,21 +23,22 @@ describe('codec: valid frames', () => {
     expect(Buffer.compare(decoded.frame, frame)).not.toBe(0);
   });
 
-  it('round-trips a heartbeat frame, which stays small', async () => {
-    const hb = { peerId: 'peer-a', fabricId: FABRIC_ID, incarnation: 2, seq: 9 };
-    const frame = await encodeHeartbeat(hb, signA);
+  it('round-trips a suspicion announcement, which stays small', async () => {
+    const suspicion = { peerId: 'peer-a', fabricId: FABRIC_ID, target: 'peer-b', incarnation: 2 };
+    const frame = await encodeSuspicion(suspicion, signA);
     expect(frame.byteLength).toBeLessThan(200);
-    expect(await decodeFrame(frame, keys.verify, FABRIC_ID)).toEqual({ ok: true, kind: 'hb', hb });
+    expect(await decodeFrame(frame, keys.verify, FABRIC_ID)).toEqual({ ok: true, kind: 'suspect', suspicion });
+    await expect(encodeSuspicion({ ...suspicion, target: '' }, signA)).rejects.toThrow(/invalid suspicion/);
   });
 
   it('stamps broadcasts so that repeats differ byte for byte yet decode to the same content', async () => {
-    const hb = { peerId: 'peer-a', fabricId: FABRIC_ID, incarnation: 2, seq: 9 };
-    const frame = await encodeHeartbeat(hb, signA);
+    const suspicion = { peerId: 'peer-a', fabricId: FABRIC_ID, target: 'peer-b', incarnation: 2 };
+    const frame = await encodeSuspicion(suspicion, signA);
     const first = stampForBroadcast(frame, 1);
     const second = stampForBroadcast(frame, 2);
     expect(Buffer.compare(first, second)).not.toBe(0);
     for (const stamped of [first, second]) {
-      expect(await decodeFrame(stamped, keys.verify, FABRIC_ID)).toEqual({ ok: true, kind: 'hb', hb });
+      expect(await decodeFrame(stamped, keys.verify, FABRIC_ID)).toEqual({ ok: true, kind: 'suspect', suspicion });
     }
     const badStamp = packr.pack({ ...(packr.unpack(frame) as object), n: 'x' });
     expect(await decodeFrame(badStamp, keys.verify, FABRIC_ID)).toMatchObject({ ok: false, reason: 'bad-envelope' });
@@ -73,15 +74,16 @@ describe('codec: refusals', () => {
     // peer-b signs a state that says it is peer-a: the signature is checked against peer-a's key.
     const forged = await encodeState(makeState('peer-a'), signB);
     expect(await decodeFrame(forged, keys.verify, FABRIC_ID)).toMatchObject({ ok: false, reason: 'bad-signature' });
-    const forgedHb = await encodeHeartbeat({ peerId: 'peer-a', fabricId: FABRIC_ID, incarnation: 9, seq: 0 }, signB);
-    expect(await decodeFrame(forgedHb, keys.verify, FABRIC_ID)).toMatchObject({ ok: false, reason: 'bad-signature' });
+    const forgedNotice = await encodeSuspicion({ peerId: 'peer-a', fabricId: FABRIC_ID, target: 'peer-c', incarnation: 9 }, signB);
+    expect(await decodeFrame(forgedNotice, keys.verify, FABRIC_ID)).toMatchObject({ ok: false, reason: 'bad-signature' });
   });
 
-  it('refuses a payload moved into an envelope of the other kind (domain separation)', async () => {
-    const frame = await encodeState(makeState('peer-a'), signA);
-    const envelope = packr.unpack(frame) as { t: string; p: Uint8Array; s: Uint8Array };
-    const relabelled = packr.pack({ ...envelope, t: 'hb' });
-    expect(await decodeFrame(relabelled, keys.verify, FABRIC_ID)).toMatchObject({ ok: false, reason: 'bad-signature' });
+  it('refuses a payload signed for another kind of frame (domain separation)', async () => {
+    // A valid announcement payload, signed as if it were a state: the domain tag differs.
+    const payload = packr.pack({ peerId: 'peer-a', fabricId: FABRIC_ID, target: 'peer-b', incarnation: 1 });
+    const asState = new Uint8Array([...new TextEncoder().encode('fabric/gossip/state/1\n'), ...payload]);
+    const frame = packr.pack({ t: 'suspect', p: payload, s: await signA(asState) });
+    expect(await decodeFrame(frame, keys.verify, FABRIC_ID)).toMatchObject({ ok: false, reason: 'bad-signature' });
   });
 
   it('refuses an altered payload under the original signature', async () => {
@@ -103,9 +105,10 @@ describe('codec: refusals', () => {
       [new Uint8Array([0xc1]), 'bad-envelope'],
       [packr.pack({ t: 'state', p: 'not bytes', s: new Uint8Array(64) }), 'bad-envelope'],
       [packr.pack({ t: 'gossip', p: new Uint8Array(1), s: new Uint8Array(64) }), 'bad-envelope'],
-      [packr.pack({ t: 'hb', p: new Uint8Array([0xc1]), s: new Uint8Array(64) }), 'bad-payload'],
-      [packr.pack({ t: 'hb', p: packr.pack({ peerId: 'x' }), s: new Uint8Array(64) }), 'bad-payload'],
-      [packr.pack({ t: 'hb', p: new Uint8Array(1), s: new Uint8Array(0) }), 'bad-envelope'],
+      [packr.pack({ t: 'suspect', p: new Uint8Array([0xc1]), s: new Uint8Array(64) }), 'bad-payload'],
+      [packr.pack({ t: 'suspect', p: packr.pack({ peerId: 'x' }), s: new Uint8Array(64) }), 'bad-payload'],
+      [packr.pack({ t: 'suspect', p: new Uint8Array(1), s: new Uint8Array(0) }), 'bad-envelope'],
+      [packr.pack({ t: 'hb', p: new Uint8Array(1), s: new Uint8Array(64) }), 'bad-envelope'],
     ];
     for (const [bytes, reason] of cases) {
       expect(await decodeFrame(bytes, keys.verify, FABRIC_ID)).toMatchObject({ ok: false, reason });
@@ -131,7 +134,8 @@ describe('codec: refusals', () => {
 describe('codec: fuzz', () => {
   const validState = makeState('peer-a', { seq: 4 });
   const validFramePromise = encodeState(validState, signA);
-  const validHbPromise = encodeHeartbeat({ peerId: 'peer-a', fabricId: FABRIC_ID, incarnation: 1, seq: 4 }, signA);
+  const validNotice = { peerId: 'peer-a', fabricId: FABRIC_ID, target: 'peer-b', incarnation: 4 };
+  const validNoticePromise = encodeSuspicion(validNotice, signA);
 
   it('random bytes never throw and are never accepted', async () => {
     await fc.assert(
@@ -145,7 +149,7 @@ describe('codec: fuzz', () => {
 
   it('random msgpack objects and envelope-shaped junk are never accepted', async () => {
     const junkEnvelope = fc.record({
-      t: fc.oneof(fc.constantFrom('state', 'hb'), fc.string()),
+      t: fc.oneof(fc.constantFrom('state', 'suspect'), fc.string()),
       p: fc.oneof(
         fc.uint8Array({ maxLength: 256 }),
         fc.anything().map((v) => packr.pack(v)),
@@ -170,7 +174,7 @@ describe('codec: fuzz', () => {
 
   it('mutated valid frames never throw, and anything accepted carries the signed content unchanged', async () => {
     const validFrame = await validFramePromise;
-    const validHb = await validHbPromise;
+    const validNoticeFrame = await validNoticePromise;
     const mutation = fc.record({
       which: fc.boolean(),
       edits: fc.array(fc.record({ at: fc.nat(), byte: fc.integer({ min: 0, max: 255 }) }), { minLength: 1, maxLength: 4 }),
@@ -178,7 +182,7 @@ describe('codec: fuzz', () => {
     });
     await fc.assert(
       fc.asyncProperty(mutation, async ({ which, edits, cut }) => {
-        const original = which ? validFrame : validHb;
+        const original = which ? validFrame : validNoticeFrame;
         let bytes = new Uint8Array(original);
         for (const { at, byte } of edits) bytes[at % bytes.length] = byte;
         if (cut !== undefined) bytes = bytes.subarray(0, cut % (bytes.length + 1));
@@ -186,8 +190,8 @@ describe('codec: fuzz', () => {
         if (!decoded.ok) return;
         // A mutation may only have hit bytes outside what the signature covers (e.g. a no-op edit).
         if (decoded.kind === 'state') expect(decoded.state).toEqual(validState);
-        else expect(decoded.hb).toEqual({ peerId: 'peer-a', fabricId: FABRIC_ID, incarnation: 1, seq: 4 });
-        expect(decoded.kind).toBe(which ? 'state' : 'hb');
+        else expect(decoded.suspicion).toEqual(validNotice);
+        expect(decoded.kind).toBe(which ? 'state' : 'suspect');
       }),
       { numRuns: 600 },
     );

@@ -120,11 +120,17 @@ export class MemNetwork {
   readonly #lossRng: Rng;
   readonly #services = new Map<string, GossipService>();
   readonly #killed = new Set<string>();
+  /** Crashed nodes: their port is closed, so requests to them fail at once instead of hanging. */
+  readonly #refusing = new Set<string>();
   readonly #cut = new Set<string>();
   readonly #muted = new Set<string>();
   readonly #deaf = new Set<string>();
   readonly #loss = new Map<string, number>();
   broadcastsDelivered = 0;
+  /** Direct probes started by every node together. */
+  probesSent = 0;
+  /** State frames carried by pull answers, all nodes together. */
+  framesPulled = 0;
   readonly #pulls = new Map<string, number>();
 
   constructor(clock: ManualClock, options: { latencyMs?: number; seed?: number } = {}) {
@@ -136,6 +142,13 @@ export class MemNetwork {
   attach(peerId: string, service: GossipService): void {
     this.#services.set(peerId, service);
     this.#killed.delete(peerId);
+    this.#refusing.delete(peerId);
+  }
+
+  /** `peerId` crashed: as `kill`, but its closed port refuses probes at once. */
+  crash(peerId: string): void {
+    this.kill(peerId);
+    this.#refusing.add(peerId);
   }
 
   /** The node vanishes: nothing reaches it, nothing leaves it, no probe is answered. */
@@ -161,7 +174,7 @@ export class MemNetwork {
     this.#cut.clear();
   }
 
-  /** Everything `peerId` broadcasts is lost (a node whose heartbeats never arrive). */
+  /** Everything `peerId` broadcasts is lost (a node whose state updates never arrive). */
   muteBroadcasts(peerId: string, muted = true): void {
     if (muted) this.#muted.add(peerId);
     else this.#muted.delete(peerId);
@@ -173,7 +186,7 @@ export class MemNetwork {
     else this.#deaf.delete(peerId);
   }
 
-  /** Random loss of broadcasts on the directed link from → to. */
+  /** Random loss of broadcasts and direct probes on the directed link from → to. */
   setLoss(from: string, to: string, rate: number): void {
     this.#loss.set(`${from}>${to}`, rate);
   }
@@ -216,18 +229,26 @@ export class MemNetwork {
           });
         }
       },
-      pull: async (peerId, signal) => {
+      pull: async (peerId, have, signal) => {
         this.#pulls.set(self, this.pullsBy(self) + 1);
         const target = this.#services.get(peerId);
         if (target === undefined || !this.reachable(self, peerId)) return never(signal);
-        const frames = await after(clock, latency, signal, () => target.handlePullRequest());
+        const frames = await after(clock, latency, signal, () => target.handlePullRequest(have));
+        this.framesPulled += frames.length;
         return after(clock, latency, signal, () => {
           if (!this.reachable(self, peerId)) throw new Error('connection lost');
           return frames;
         });
       },
       probe: async (target, signal) => {
+        this.probesSent++;
+        if (this.#refusing.has(target) && !this.#cut.has(linkKey(self, target))) {
+          return after(clock, 2 * latency, signal, () => {
+            throw new Error('connection refused');
+          });
+        }
         if (!this.reachable(self, target) || this.#deaf.has(target)) return never(signal);
+        if (this.#lossRng.next() < (this.#loss.get(`${self}>${target}`) ?? 0)) return never(signal);
         return after(clock, 2 * latency, signal, () => this.reachable(self, target));
       },
       probeVia: async (helperId, target, signal) => {
@@ -283,12 +304,16 @@ export class TestFabric {
     return service;
   }
 
-  /** Builds `count` nodes n0..n{count-1}, each connected to n0, and lets them settle. */
+  /**
+   * Builds `count` nodes n0..n{count-1}, one after another as daemons join, each connected to
+   * n0 and given 20 ms for its first pull, so every node ends up holding every state.
+   */
   async addNodes(count: number): Promise<string[]> {
     const ids: string[] = [];
     for (let i = 0; i < count; i++) {
       const id = `n${i}`;
       await this.addNode(id, { connectTo: i === 0 ? [] : ['n0'] });
+      await this.run(20);
       ids.push(id);
     }
     return ids;
@@ -305,9 +330,17 @@ export class TestFabric {
     return service;
   }
 
+  /** The node vanishes without a trace, as a frozen host or a cut cable: only silence tells. */
   kill(peerId: string): void {
     this.net.kill(peerId);
     this.services.delete(peerId);
+  }
+
+  /** The node's process dies: every peer sees its connection close, and its port refuses. */
+  crash(peerId: string): void {
+    this.net.crash(peerId);
+    this.services.delete(peerId);
+    for (const service of this.services.values()) service.peerDisconnected(peerId);
   }
 
   /** Advances the clock in small steps, letting async work settle between them. */

@@ -63,7 +63,15 @@ class ScriptedProber implements Prober {
 function setup(options: Partial<GossipOptions> = {}) {
   const clock = new ManualClock(0);
   const prober = new ScriptedProber(clock);
-  const membership = new Membership({ selfPeerId: 'self', clock, rng: new SeededRng(3), prober, options });
+  const announced: { peerId: string; incarnation: number }[] = [];
+  const membership = new Membership({
+    selfPeerId: 'self',
+    clock,
+    rng: new SeededRng(3),
+    prober,
+    options,
+    onSuspect: (peerId, incarnation) => announced.push({ peerId, incarnation }),
+  });
   const events: MembershipEvent[] = [];
   membership.subscribe((e) => events.push(e));
   membership.start();
@@ -74,10 +82,13 @@ function setup(options: Partial<GossipOptions> = {}) {
       await flush();
     }
   };
-  const heartbeat = (peerId: string, incarnation = 1, seq = 0) =>
-    membership.observeHeartbeat({ peerId, fabricId: 'fab-test', incarnation, seq });
-  return { clock, prober, membership, events, run, heartbeat };
+  /** A peer heard from directly (its own broadcast). */
+  const peer = (peerId: string, incarnation = 1, seq = 0) => membership.observeState(makeState(peerId, { incarnation, seq }));
+  return { clock, prober, membership, events, run, peer, announced };
 }
+
+const statuses = (events: MembershipEvent[], peerId: string) =>
+  events.filter((e) => e.type === 'status' && e.peerId === peerId).map((e) => e.status);
 
 describe('membership: versions', () => {
   it('keeps the newest state and ignores stale ones', () => {
@@ -95,16 +106,27 @@ describe('membership: versions', () => {
     ]);
   });
 
-  it('a heartbeat asks for a pull only when it announces a newer version than the state held', () => {
-    const { membership, heartbeat } = setup();
-    expect(heartbeat('a', 1, 0)).toBe(true); // unknown peer: its state is wanted
-    expect(membership.get('a')).toMatchObject({ status: 'alive', state: undefined });
-    expect(heartbeat('a', 1, 0)).toBe(true); // still no state held
-    membership.observeState(makeState('a', { incarnation: 1, seq: 0 }));
-    expect(heartbeat('a', 1, 0)).toBe(false);
-    expect(heartbeat('a', 1, 1)).toBe(true);
-    expect(heartbeat('a', 0, 7)).toBe(false); // a previous life
-    expect(membership.get('a')?.version).toEqual({ incarnation: 1, seq: 1 });
+  it('hands a puller only the states newer than its digest, and lists what it holds', () => {
+    const { membership, peer } = setup();
+    membership.setSelf(makeState('self', { seq: 2 }), new Uint8Array([0]));
+    membership.observeState(makeState('a', { seq: 3 }), new Uint8Array([1]));
+    membership.observeState(makeState('b', { seq: 1 }), new Uint8Array([2]));
+    peer('c'); // a state without its signed frame (never happens on the wire) is not handed out
+    expect(membership.digest()).toEqual(
+      expect.arrayContaining([
+        ['self', 1, 2],
+        ['a', 1, 3],
+        ['b', 1, 1],
+        ['c', 1, 0],
+      ]),
+    );
+    expect(membership.signedFrames().map((f) => f[0])).toEqual([0, 1, 2]);
+    const frames = membership.signedFrames([
+      ['self', 1, 2], // same version: not sent
+      ['a', 1, 2], // older: sent
+      ['b', 2, 0], // newer incarnation at the puller: not sent
+    ]);
+    expect(frames.map((f) => f[0])).toEqual([1]);
   });
 
   it('never lets the wire overwrite our own entry, which is always alive', () => {
@@ -117,100 +139,152 @@ describe('membership: versions', () => {
 });
 
 describe('membership: failure detection', () => {
-  it('a silent unreachable peer goes suspect after 1.5 s and dead within 2.6 s', async () => {
-    const { membership, run, events, prober } = setup();
+  it('probes one peer per period, round robin: every peer once per pass, whatever their number', async () => {
+    const { membership, run, prober, peer } = setup();
+    const ids = ['a', 'b', 'c', 'd', 'e'];
+    for (const id of ids) {
+      peer(id);
+      prober.direct.set(id, 'yes');
+    }
+    await run(5 * 250);
+    expect([...prober.directCalls].sort()).toEqual(ids);
+    await run(5 * 250);
+    for (const id of ids) expect(prober.directCalls.filter((c) => c === id)).toHaveLength(2);
+    expect(prober.indirectCalls).toEqual([]);
+    expect(membership.suspicions).toBe(0);
+    expect(membership.get('a')?.lastHeardMs).toBeGreaterThan(1_250);
+  });
+
+  it('an unreachable peer is suspected after one failed round and dead after 600 ms more of failed rounds', async () => {
+    const { membership, run, events, prober, announced } = setup();
     membership.observeState(makeState('a'));
-    await run(1_740);
+    await run(640); // probed at 250; the direct probe times out at 650
     expect(membership.get('a')?.status).toBe('alive');
-    await run(20); // the detector tick at 1750 finds 1750 ms of silence
-    expect(membership.get('a')?.status).toBe('suspect');
-    await run(780);
+    await run(20);
+    expect(membership.get('a')).toMatchObject({ status: 'suspect', statusSinceMs: 650 });
+    expect(announced).toEqual([{ peerId: 'a', incarnation: 1 }]);
+    await run(780); // rounds at 650 and 1050 fail; at 1450 it has been suspect for 800 ms
     expect(membership.get('a')?.status).toBe('suspect');
     await run(20);
-    expect(membership.get('a')).toMatchObject({ status: 'dead', statusSinceMs: 2_550 });
-    expect(events.filter((e) => e.type === 'status').map((e) => e.status)).toEqual(['alive', 'suspect', 'dead']);
+    expect(membership.get('a')).toMatchObject({ status: 'dead', statusSinceMs: 1_450 });
+    expect(statuses(events, 'a')).toEqual(['alive', 'suspect', 'dead']);
     expect(membership.suspicions).toBe(1);
     expect(membership.falseSuspicions).toBe(0);
-    expect(prober.directCalls).toEqual(['a', 'a']); // no helper alive: two direct probes, back to back
+    expect(prober.directCalls).toEqual(['a', 'a', 'a']); // no helper alive: direct probes only
   });
 
-  it('asks random alive peers to probe a suspect that misses the direct probe', async () => {
-    const { membership, run, prober, heartbeat } = setup();
+  it('asks random alive peers to probe a peer that misses the direct probe', async () => {
+    const { membership, run, prober, peer } = setup();
     membership.observeState(makeState('a'));
-    for (let i = 0; i < 8; i++) {
-      for (const h of ['h1', 'h2', 'h3', 'h4', 'h5']) heartbeat(h);
-      await run(400);
+    for (const h of ['h1', 'h2', 'h3', 'h4', 'h5']) {
+      peer(h);
+      prober.direct.set(h, 'yes');
     }
+    await run(6 * 250 + 2_000);
     expect(membership.get('a')?.status).toBe('dead');
-    const helpers = new Set(prober.indirectCalls.map((c) => c.helper));
-    expect(prober.indirectCalls.every((c) => c.target === 'a')).toBe(true);
-    expect(prober.indirectCalls.length).toBe(DEFAULT_GOSSIP_OPTIONS.indirectProbes);
-    expect(helpers.size).toBe(3);
-    expect([...helpers].every((h) => h.startsWith('h'))).toBe(true);
+    expect(prober.indirectCalls.every((c) => c.target === 'a' && c.helper.startsWith('h'))).toBe(true);
+    // Two failed rounds (the first makes it suspect, the second 800 ms later kills), 3 helpers each.
+    expect(prober.indirectCalls).toHaveLength(2 * DEFAULT_GOSSIP_OPTIONS.indirectProbes);
+    expect(new Set(prober.indirectCalls.slice(0, 3).map((c) => c.helper)).size).toBe(3);
+    expect(membership.suspicions).toBe(1);
   });
 
-  it('a slow peer that misses heartbeats but answers probes is suspected, never declared dead', async () => {
+  it('a peer that answers its probes is never suspected, and never probed twice at once', async () => {
     const { membership, run, prober } = setup();
     membership.observeState(makeState('a'));
     prober.direct.set('a', 'yes');
     await run(30_000);
-    expect(membership.get('a')?.status).not.toBe('dead');
-    expect(membership.suspicions).toBeGreaterThan(10);
-    expect(membership.falseSuspicions).toBe(membership.suspicions);
+    expect(membership.get('a')?.status).toBe('alive');
+    expect(membership.suspicions).toBe(0);
+    expect(prober.directCalls.length).toBeGreaterThanOrEqual(100);
     expect(prober.maxInFlight).toBe(1);
   });
 
-  it('a peer reachable only through others is never declared dead', async () => {
-    const { membership, run, prober, heartbeat } = setup();
+  it('a peer reachable only through others is never suspected', async () => {
+    const { membership, run, prober, peer } = setup();
     membership.observeState(makeState('a'));
     prober.direct.set('a', 'no');
+    for (const h of ['h1', 'h2']) {
+      peer(h);
+      prober.direct.set(h, 'yes');
+    }
     prober.indirect.set('h1', 'no');
     prober.indirect.set('h2', 'yes');
-    let deadSeen = false;
-    membership.subscribe((e) => (deadSeen ||= e.peerId === 'a' && e.status === 'dead'));
-    for (let i = 0; i < 40; i++) {
-      heartbeat('h1');
-      heartbeat('h2');
-      await run(500);
-    }
-    expect(deadSeen).toBe(false);
-    expect(membership.falseSuspicions).toBeGreaterThan(0);
+    await run(20_000);
+    expect(membership.get('a')?.status).toBe('alive');
+    expect(membership.suspicions).toBe(0);
     expect(prober.indirectCalls.some((c) => c.helper === 'h2')).toBe(true);
   });
 
   it('a suspect heard from again is alive, and the suspicion counted as false', async () => {
-    const { membership, run, heartbeat } = setup();
-    heartbeat('a');
-    await run(1_800);
+    const { membership, run, peer } = setup();
+    peer('a');
+    await run(700);
     expect(membership.get('a')?.status).toBe('suspect');
-    heartbeat('a');
+    peer('a', 1, 1); // its own broadcast arrives
     expect(membership.get('a')?.status).toBe('alive');
     expect(membership.falseSuspicions).toBe(1);
-    await run(1_000); // the probe round still in flight fails, but cannot kill a peer heard since
+    await run(200); // the round still in flight fails, but cannot kill a peer heard since
     expect(membership.get('a')?.status).toBe('alive');
   });
 
-  it('a disconnect hint starts suspicion at once and an unreachable peer dies quickly', async () => {
+  it('a peer that answered a request of ours (heardFrom) is alive again', async () => {
     const { membership, run } = setup();
     membership.observeState(makeState('a'));
-    await run(100);
-    membership.hintDisconnected('a');
+    await run(700);
     expect(membership.get('a')?.status).toBe('suspect');
-    await run(810);
+    membership.heardFrom('a');
+    expect(membership.get('a')?.status).toBe('alive');
+    expect(membership.falseSuspicions).toBe(1);
+    membership.heardFrom('nobody');
+    membership.heardFrom('self');
+  });
+
+  it('a disconnect hint probes at once: an unreachable peer is dead within a second', async () => {
+    const { membership, run, prober, announced } = setup();
+    membership.observeState(makeState('a'));
+    prober.direct.set('a', 'no'); // refused at once, as a closed port is
+    await run(100);
+    expect(prober.directCalls).toEqual([]);
+    membership.hintDisconnected('a');
+    expect(prober.directCalls).toEqual(['a']);
+    await run(20);
+    expect(membership.get('a')?.status).toBe('suspect');
+    await run(790);
     expect(membership.get('a')?.status).toBe('dead');
+    expect(announced).toEqual([]); // every peer saw the same connection close: no announcement
     membership.hintDisconnected('nobody'); // unknown peers are ignored
     membership.hintDisconnected('self');
     expect(membership.get('self')?.status).toBe('alive');
   });
 
-  it('a disconnect hint for a peer that still answers ends as a false suspicion', async () => {
+  it('a disconnect hint for a peer that still answers changes nothing', async () => {
     const { membership, run, prober } = setup();
     membership.observeState(makeState('a'));
     prober.direct.set('a', 'yes');
     membership.hintDisconnected('a');
     await run(50);
     expect(membership.get('a')?.status).toBe('alive');
-    expect(membership.falseSuspicions).toBe(1);
+    expect(membership.suspicions).toBe(0);
+  });
+
+  it('an announced suspicion makes us probe at once, but only a failed round of ours suspects', async () => {
+    const { membership, run, prober, announced } = setup({ probeIntervalMs: 60_000 });
+    membership.observeState(makeState('a', { incarnation: 2 }));
+    prober.direct.set('a', 'yes');
+    membership.hintSuspected('a', 2);
+    expect(prober.directCalls).toEqual(['a']);
+    await run(50);
+    expect(membership.get('a')?.status).toBe('alive');
+    membership.hintSuspected('a', 1); // about its previous life
+    expect(prober.directCalls).toEqual(['a']);
+    prober.direct.set('a', 'hang');
+    membership.hintSuspected('a', 2);
+    await run(410);
+    expect(membership.get('a')?.status).toBe('suspect');
+    await run(800);
+    expect(membership.get('a')?.status).toBe('dead');
+    expect(announced).toEqual([]); // not ours to announce again
   });
 });
 
@@ -218,33 +292,36 @@ describe('membership: dead peers', () => {
   async function deadPeer() {
     const ctx = setup({ deadRetentionMs: 60_000, deadReprobeMs: 10_000, deadReprobeMaxMs: 40_000 });
     ctx.membership.observeState(makeState('a', { incarnation: 3, seq: 1 }));
-    await ctx.run(3_000);
+    await ctx.run(1_500);
     expect(ctx.membership.get('a')?.status).toBe('dead');
     return ctx;
   }
 
   it('stale frames of the old incarnation never revive a dead peer', async () => {
-    const { membership, heartbeat } = await deadPeer();
+    const { membership } = await deadPeer();
     expect(membership.observeState(makeState('a', { incarnation: 3, seq: 1 }), undefined, 'direct')).toBe(false);
     expect(membership.observeState(makeState('a', { incarnation: 3, seq: 0 }), undefined, 'relayed')).toBe(false);
-    heartbeat('a', 3, 1);
     // A newer state of the same life is kept (it is data), but proves nothing about now.
     expect(membership.observeState(makeState('a', { incarnation: 3, seq: 2 }), undefined, 'relayed')).toBe(true);
-    expect(membership.get('a')).toMatchObject({ status: 'dead', version: { incarnation: 3, seq: 2 } });
+    expect(membership.observeState(makeState('a', { incarnation: 3, seq: 3 }), undefined, 'direct')).toBe(true);
+    expect(membership.get('a')).toMatchObject({ status: 'dead', version: { incarnation: 3, seq: 3 } });
+    membership.heardFrom('a');
+    membership.hintSuspected('a', 3);
+    expect(membership.get('a')?.status).toBe('dead');
   });
 
   it('a higher incarnation (a restarted daemon) revives it', async () => {
-    const { membership, heartbeat, events } = await deadPeer();
-    expect(heartbeat('a', 4, 0)).toBe(true); // alive again, and its new state is wanted
+    const { membership, events } = await deadPeer();
+    expect(membership.observeState(makeState('a', { incarnation: 4, seq: 0 }), undefined, 'relayed')).toBe(true);
     expect(membership.get('a')?.status).toBe('alive');
-    expect(events.at(-1)).toMatchObject({ type: 'status', peerId: 'a', status: 'alive' });
+    expect(events.filter((e) => e.type === 'status').at(-1)).toMatchObject({ type: 'status', peerId: 'a', status: 'alive' });
     expect(membership.falseSuspicions).toBe(0);
   });
 
   it('is not handed to pullers, and is forgotten after the retention period', async () => {
     const { membership, run, events } = await deadPeer();
     expect(membership.signedFrames()).toEqual([]);
-    await run(55_000);
+    await run(57_000);
     expect(membership.get('a')?.status).toBe('dead');
     await run(5_000);
     expect(membership.get('a')).toBeUndefined();
@@ -268,12 +345,12 @@ describe('membership: dead peers', () => {
 });
 
 describe('membership: relayed evidence and plumbing', () => {
-  it('relayed copies of a state already held do not keep a silent peer alive', async () => {
+  it('relayed copies of a state already held do not clear a suspicion', async () => {
     const { membership, run } = setup();
     const state = makeState('a', { seq: 1 });
     membership.observeState(state);
-    for (let i = 0; i < 6; i++) {
-      await run(500);
+    for (let i = 0; i < 8; i++) {
+      await run(200);
       membership.observeState(state, undefined, 'relayed');
     }
     expect(membership.get('a')?.status).toBe('dead');
@@ -282,11 +359,10 @@ describe('membership: relayed evidence and plumbing', () => {
   it('a relayed state newer than anything heard does count as life', async () => {
     const { membership, run } = setup();
     membership.observeState(makeState('a', { seq: 1 }));
-    await run(1_000);
+    await run(700);
+    expect(membership.get('a')?.status).toBe('suspect');
     membership.observeState(makeState('a', { seq: 2 }), undefined, 'relayed');
-    await run(1_000);
-    expect(membership.get('a')?.status).toBe('alive');
-    expect(membership.get('a')?.lastHeardMs).toBe(1_000);
+    expect(membership.get('a')).toMatchObject({ status: 'alive', lastHeardMs: 700 });
   });
 
   it('a throwing listener neither breaks the table nor silences other listeners', () => {
@@ -299,7 +375,7 @@ describe('membership: relayed evidence and plumbing', () => {
   });
 
   it('unsubscribe stops events; stop ends the detector', async () => {
-    const { membership, run } = setup();
+    const { membership, run, prober } = setup();
     const seen: MembershipEvent[] = [];
     const unsubscribe = membership.subscribe((e) => seen.push(e));
     membership.observeState(makeState('a'));
@@ -309,6 +385,7 @@ describe('membership: relayed evidence and plumbing', () => {
     membership.stop();
     await run(10_000);
     expect(membership.get('a')?.status).toBe('alive');
+    expect(prober.directCalls).toEqual([]);
   });
 
   it('refuses options that would break the detector', () => {
@@ -322,14 +399,14 @@ describe('membership: relayed evidence and plumbing', () => {
     };
     const badOptions: Record<string, number>[] = [
       { probeIntervalMs: 0 },
-      { suspectAfterMs: 400 },
       { indirectProbes: 1.5 },
-      { heartbeatMS: 100 },
+      { heartbeatMs: 100 }, // no such option (any more): a typo must not pass silently
       { pullTimeoutMs: NaN },
+      { deadReprobeMs: 10, deadReprobeMaxMs: 5 },
     ];
     for (const bad of badOptions) {
       expect(isFabricError(refusal(bad), 'BAD_INPUT'), JSON.stringify(bad)).toBe(true);
     }
-    expect(resolveGossipOptions({ heartbeatMs: 200 })).toEqual({ ...DEFAULT_GOSSIP_OPTIONS, heartbeatMs: 200 });
+    expect(resolveGossipOptions({ probeIntervalMs: 200 })).toEqual({ ...DEFAULT_GOSSIP_OPTIONS, probeIntervalMs: 200 });
   });
 });
