@@ -227,6 +227,7 @@ export async function runCommitted(options: CommitOptions, progress: (line: stri
         return answer;
       },
       leaseSilenceOf: (peer) => leader.leaseSilenceOf(peer),
+      withLeasesRefused: (peer, work) => leader.withLeasesRefused(peer, work),
     };
     service = new PlacementService({ control, peers: () => gossiped, log: silentLogger, wallNow: () => Date.now() });
     service.start();

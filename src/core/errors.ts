@@ -27,6 +27,8 @@ export const ERROR_CODES = [
   'CORRUPT_STORAGE',
   // The replicated state refused a command (src/placement/fsm: details.reject holds its reject code).
   'REJECTED',
+  // The leader declines for now what it would grant later (a lost host's lease while its jobs move).
+  'UNAVAILABLE',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 

@@ -75,6 +75,8 @@ export class ControlPlane {
   readonly #appliedListeners = new Set<() => void>();
   /** On the leader: when each host's lease request last arrived (wall ms). */
   readonly #leaseHeard = new Map<string, number>();
+  /** Hosts whose lease requests are refused while the re-placing of their jobs commits. */
+  readonly #leasesRefused = new Map<string, number>();
   /** When this node last became leader (wall ms); 0 when it is not. */
   #leaderSince = 0;
   #explainer: ((jobId: string) => unknown) | undefined;
@@ -240,6 +242,23 @@ export class ControlPlane {
    * node became leader at the latest, because a lease the previous leader granted may run that
    * long. A host whose lease is not renewed stops its jobs within the lease (job-agent.ts).
    */
+  /**
+   * Runs `work` (the proposal that takes a lost host's jobs away) while refusing that host's
+   * lease requests. A grant issued after the decision but carrying a commit index from before
+   * the release committed would let the host start a job that is about to start elsewhere; a
+   * host idle until then has no lease to lose, so only this refusal stops it.
+   */
+  async withLeasesRefused<T>(peer: string, work: () => Promise<T>): Promise<T> {
+    this.#leasesRefused.set(peer, (this.#leasesRefused.get(peer) ?? 0) + 1);
+    try {
+      return await work();
+    } finally {
+      const left = (this.#leasesRefused.get(peer) ?? 1) - 1;
+      if (left > 0) this.#leasesRefused.set(peer, left);
+      else this.#leasesRefused.delete(peer);
+    }
+  }
+
   leaseSilenceOf(peer: string): number {
     const since = Math.max(this.#leaseHeard.get(peer) ?? 0, this.#leaderSince || Date.now());
     return Date.now() - since;
@@ -315,6 +334,7 @@ export class ControlPlane {
     const s = this.#raft.status();
     if (s.role !== 'leader') return errorReply(new FabricError('NOT_LEADER', `${this.id} is not the leader`), s.leader ?? this.leaderHint());
     if (req.t === 'lease') {
+      if (this.#leasesRefused.has(from)) return errorReply(new FabricError('UNAVAILABLE', `the jobs of ${from} are being placed elsewhere`), this.id);
       this.#leaseHeard.set(from, Date.now());
       return { ok: true, index: s.commit, value: null };
     }

@@ -14,6 +14,13 @@
  * than the lease plus the stop grace (placement-service.ts), so the old run has ended before the
  * new one can start: a job never runs twice at once, even across a partition. (Clock RATES
  * must agree within the margin; absolute clocks need not.)
+ *
+ * Only a host that needs a lease asks for one: while it runs jobs or its replica holds
+ * allocations it is to run, and for one lease period after the last (a job that ends and the
+ * next that arrives do not start and stop the renewals). An idle host sends no lease requests
+ * (with many hosts they would be most of the leader's traffic); one that gets an allocation
+ * without a valid lease asks at once and starts the job when the grant comes. A host without a
+ * lease and without jobs is not fenced: it has nothing to stop.
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -110,6 +117,10 @@ export class JobAgent {
   #renewedAt = 0;
   #leaseTimer: NodeJS.Timeout | undefined;
   #renewing = false;
+  /** When the latest lease request was sent (wall ms): an immediate one waits the renewal period after it. */
+  #askedAt = 0;
+  /** Until when this host keeps its lease renewed (wall ms): a lease period past the last time it had jobs. */
+  #needLeaseUntil = 0;
   #stopped = false;
   #reconciling = false;
   #again = false;
@@ -124,7 +135,15 @@ export class JobAgent {
     mkdirSync(this.#o.jobsDir, { recursive: true });
     this.#unsubscribe = this.#o.control.onApplied(() => this.reconcile());
     this.#timer = setInterval(() => this.reconcile(), 200);
-    this.#leaseTimer = setInterval(() => void this.#renewLease(), LEASE_RENEW_MS);
+    this.#leaseTimer = setInterval(() => {
+      // Skipped right after an immediate request (reconcile asks at once when a job waits for a lease).
+      if (this.#needsLease() && Date.now() - this.#askedAt >= LEASE_RENEW_MS / 2) void this.#renewLease();
+    }, LEASE_RENEW_MS);
+  }
+
+  /** Whether this host keeps its lease renewed now: it runs jobs, or had (or was given) some within a lease period. */
+  #needsLease(): boolean {
+    return this.#local.size > 0 || Date.now() < this.#needLeaseUntil;
   }
 
   /**
@@ -135,16 +154,21 @@ export class JobAgent {
   async #renewLease(): Promise<void> {
     if (this.#renewing || this.#stopped) return;
     this.#renewing = true;
+    let regained = false;
     try {
       const sent = Date.now();
+      this.#askedAt = sent;
       const grant = await this.#o.control.renewLease(Math.min(1_000, this.#leaseMs / 2));
       if (grant !== null) {
+        regained = Date.now() - this.#leaseAt >= this.#leaseMs; // no valid lease until this grant
         this.#leaseAt = Math.max(this.#leaseAt, sent);
         this.#leaseIndex = Math.max(this.#leaseIndex, grant.commit);
       }
     } finally {
       this.#renewing = false;
     }
+    // Jobs waiting for this lease start now, not at the next periodic reconcile.
+    if (regained) this.reconcile();
   }
 
   async stop(): Promise<void> {
@@ -193,11 +217,34 @@ export class JobAgent {
     const control = this.#o.control;
     const status = control.localStatus();
     if (status.role === 'leader') this.#leaseAt = Date.now(); // the leader holds its own lease while it leads
+    const state = control.state;
+    const wanted = new Map<string, { alloc: Allocation; job: Readonly<Job> }>();
+    for (const alloc of state.allocationsOn(this.#o.peerId)) {
+      const job = state.job(alloc.jobId);
+      if (job === undefined || job.epoch !== alloc.epoch || (job.state !== 'placed' && job.state !== 'running')) continue;
+      wanted.set(job.id, { alloc, job });
+    }
+    // A lease is needed while jobs run here or are to (a run that ended by itself, its report not
+    // applied yet, is not to run again), and for a lease period after.
+    let busy = this.#local.size > 0;
+    for (const { alloc, job } of wanted.values()) if (this.#finished.get(job.id) !== alloc.epoch) busy = true;
+    if (busy) this.#needLeaseUntil = Math.max(this.#needLeaseUntil, Date.now() + this.#leaseMs);
     const inTouch = status.member !== 'none' && Date.now() - this.#leaseAt < this.#leaseMs;
     if (!inTouch) {
-      if (!this.#fenced && this.#local.size > 0) this.#log.warn({ jobs: [...this.#local.keys()] }, 'no word from the raft leader within the lease: stopping every job here');
-      this.#fenced = true;
-      for (const l of this.#local.values()) this.#stopLocal(l, 'lost', 'this host lost touch with the fabric leader', FENCE_STOP_GRACE_MS);
+      if (this.#local.size > 0) {
+        if (!this.#fenced) this.#log.warn({ jobs: [...this.#local.keys()] }, 'no word from the raft leader within the lease: stopping every job here');
+        this.#fenced = true;
+        for (const l of this.#local.values()) this.#stopLocal(l, 'lost', 'this host lost touch with the fabric leader', FENCE_STOP_GRACE_MS);
+      } else if (this.#fenced && !busy) {
+        // Its jobs have ended and none is left for it: an idle host, not a fenced one.
+        this.#fenced = false;
+        this.#log.debug({}, 'fenced host has no jobs left: idle without a lease');
+      }
+      // An idle host keeps no lease, but its reports (a run that ended as it went idle) still go.
+      if (!this.#fenced) this.#flushReports();
+      // Jobs are waiting for a lease: ask now rather than at the next renewal, but never more
+      // often than the renewal period (the timer asks too, and a failed request is retried by it).
+      if (busy && !this.#renewing && Date.now() - this.#askedAt >= LEASE_RENEW_MS) void this.#renewLease();
       return;
     }
     if (this.#fenced) this.#log.info({}, 'in touch with the raft leader again');
@@ -208,14 +255,6 @@ export class JobAgent {
       this.#o.renewLeases(this.#leaseAt + this.#leaseMs - Date.now());
     }
     this.#flushReports();
-
-    const state = control.state;
-    const wanted = new Map<string, { alloc: Allocation; job: Readonly<Job> }>();
-    for (const alloc of state.allocationsOn(this.#o.peerId)) {
-      const job = state.job(alloc.jobId);
-      if (job === undefined || job.epoch !== alloc.epoch || (job.state !== 'placed' && job.state !== 'running')) continue;
-      wanted.set(job.id, { alloc, job });
-    }
     // Stop what is no longer ours (or is ours at another epoch): SIGTERM, and SIGKILL after the
     // stop grace. A preempted job was released by the leader (its reason names the preemptor):
     // the grace is its time to checkpoint, and its checkpoint is still accepted, for its epoch

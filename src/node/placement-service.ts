@@ -71,7 +71,7 @@ export interface PlacementPeer {
 }
 
 /** What the placement loop needs of the control plane (a narrow seam, so tests can drive it). */
-export type PlacementControl = Pick<ControlPlane, 'id' | 'state' | 'localStatus' | 'onApplied' | 'submit' | 'leaseSilenceOf'>;
+export type PlacementControl = Pick<ControlPlane, 'id' | 'state' | 'localStatus' | 'onApplied' | 'submit' | 'leaseSilenceOf' | 'withLeasesRefused'>;
 
 export interface PlacementServiceOptions {
   control: PlacementControl;
@@ -357,15 +357,17 @@ export class PlacementService {
       const job = control.state.job(alloc.jobId);
       if (job === undefined || job.epoch !== alloc.epoch) continue;
       seen.add(alloc.jobId);
-      const { result } = await control.submit({
-        type: 'job.transition',
-        requestId: `${job.id}:${job.attempt}:lost-host`,
-        actor: control.id,
-        jobId: job.id,
-        attempt: job.attempt,
-        to: 'restarting',
-        reason: `host ${alloc.peerId} was lost`,
-      });
+      const { result } = await control.withLeasesRefused(alloc.peerId, () =>
+        control.submit({
+          type: 'job.transition',
+          requestId: `${job.id}:${job.attempt}:lost-host`,
+          actor: control.id,
+          jobId: job.id,
+          attempt: job.attempt,
+          to: 'restarting',
+          reason: `host ${alloc.peerId} was lost`,
+        }),
+      );
       if (result.ok) this.#log.info({ jobId: job.id, host: alloc.peerId, attempt: job.attempt }, 'host lost: the job will be placed again');
     }
   }

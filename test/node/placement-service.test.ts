@@ -50,6 +50,10 @@ class InstantControl {
     return 0;
   }
 
+  withLeasesRefused<T>(_peer: string, work: () => Promise<T>): Promise<T> {
+    return work();
+  }
+
   /** Applies a command as committed log entry (no hooks, no deferral): what another leader would have done. */
   applyNow(request: CommandRequest): ApplyResult {
     const index = ++this.#index;
