@@ -18,7 +18,7 @@ import { initDataDir, joinDataDir } from '../src/node/setup.ts';
 import { createLogger, type LogLevel } from '../src/node/system.ts';
 import type { DaemonFlags } from '../src/node/cli.ts';
 import type { Logger } from '../src/core/index.ts';
-import type { MembershipEvent } from '../src/gossip/membership.ts';
+import type { GossipOptions, MembershipEvent } from '../src/gossip/membership.ts';
 
 /** The label whose value the coordinator changes on one daemon and watches arrive everywhere. */
 export const CHANGE_LABEL = 'bench-change';
@@ -31,8 +31,8 @@ export interface DaemonSpec {
 }
 
 export type ToWorker =
-  | { t: 'init'; spec: DaemonSpec; logLevel: LogLevel; rediscoverMs: number }
-  | { t: 'join'; spec: DaemonSpec; token: string; logLevel: LogLevel; rediscoverMs: number }
+  | { t: 'init'; spec: DaemonSpec; logLevel: LogLevel; rediscoverMs: number; gossip: Partial<GossipOptions> }
+  | { t: 'join'; spec: DaemonSpec; token: string; logLevel: LogLevel; rediscoverMs: number; gossip: Partial<GossipOptions> }
   | { t: 'change'; id: number; name: string; value: string }
   | { t: 'query'; id: number; resetLoopDelay: boolean }
   | { t: 'stop' };
@@ -106,13 +106,19 @@ function daemonFlags(spec: DaemonSpec, logLevel: LogLevel): DaemonFlags {
 
 const DEFAULTS = { listen: '/ip4/127.0.0.1/tcp/0', apiPort: 0 };
 
-async function startDaemon(spec: DaemonSpec, logLevel: LogLevel, rediscoverMs: number, token: string | undefined): Promise<void> {
+async function startDaemon(
+  spec: DaemonSpec,
+  logLevel: LogLevel,
+  rediscoverMs: number,
+  gossip: Partial<GossipOptions>,
+  token: string | undefined,
+): Promise<void> {
   try {
     dataDirs.push(spec.dataDir);
     if (token === undefined) await initDataDir({ dataDir: spec.dataDir, flags: daemonFlags(spec, logLevel), defaults: DEFAULTS });
     else await joinDataDir({ dataDir: spec.dataDir, flags: daemonFlags(spec, logLevel), token, defaults: DEFAULTS });
     logger ??= createLogger(logLevel);
-    const daemon = await Daemon.start({ dataDir: spec.dataDir, log: logger.child({ daemon: spec.name }), rediscoverMs });
+    const daemon = await Daemon.start({ dataDir: spec.dataDir, log: logger.child({ daemon: spec.name }), rediscoverMs, gossip });
     if (stopping) {
       await daemon.stop();
       return;
@@ -196,10 +202,10 @@ process.on('message', (raw) => {
   const msg = raw as ToWorker;
   switch (msg.t) {
     case 'init':
-      void startDaemon(msg.spec, msg.logLevel, msg.rediscoverMs, undefined);
+      void startDaemon(msg.spec, msg.logLevel, msg.rediscoverMs, msg.gossip, undefined);
       break;
     case 'join':
-      void startDaemon(msg.spec, msg.logLevel, msg.rediscoverMs, msg.token);
+      void startDaemon(msg.spec, msg.logLevel, msg.rediscoverMs, msg.gossip, msg.token);
       break;
     case 'change': {
       const daemon = daemons.get(msg.name);

@@ -61,6 +61,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import type { DaemonSpec, DaemonSummary, FromWorker, ProcessSummary, ToWorker } from './gossip-worker.ts';
 import { parseLogLevel, type LogLevel } from '../src/core/index.ts';
+import { DEFAULT_GOSSIP_OPTIONS, type GossipOptions } from '../src/gossip/membership.ts';
 
 const WORKER = join(import.meta.dirname, 'gossip-worker.ts');
 
@@ -81,6 +82,8 @@ export interface GossipBenchOptions {
   profile: string | undefined;
   logLevel: LogLevel;
   rediscoverMs: number;
+  /** Gossip timing overrides for every daemon (`--probe-interval-ms`); empty = the daemon's defaults. */
+  gossip: Partial<GossipOptions>;
   settleS: number;
   formTimeoutS: number;
   joinConcurrency: number;
@@ -98,6 +101,7 @@ export const GOSSIP_USAGE = `npm run bench -- gossip [--json] [options]
   --kill-signal SIG    KILL (crash: sockets close) or STOP (hang: silence) (default KILL)
   --profile NAME       simulated GPU profile of every daemon (default: a mix of four)
   --rediscover-ms MS   GPU re-discovery period per daemon, 0 = off (default 0)
+  --probe-interval-ms MS  SWIM probe period of every daemon (default: the daemon's, 250)
   --settle S           pause after the mesh formed, before the soak (default 5)
   --form-timeout S     limit for starting daemons and forming the mesh (default 180)
   --join-concurrency J daemons starting at once; each joins with the token of one already up (default 8)
@@ -117,6 +121,7 @@ export function parseGossipArgs(args: string[]): GossipBenchOptions {
       'kill-signal': { type: 'string', default: 'KILL' },
       profile: { type: 'string' },
       'rediscover-ms': { type: 'string', default: '0' },
+      'probe-interval-ms': { type: 'string' },
       settle: { type: 'string', default: '5' },
       'form-timeout': { type: 'string', default: '180' },
       'join-concurrency': { type: 'string', default: '8' },
@@ -142,6 +147,7 @@ export function parseGossipArgs(args: string[]): GossipBenchOptions {
     logLevel: logLevel as LogLevel,
     // setInterval treats anything above 2^31-1 ms as 1 ms: "off" is a period of ~23 days.
     rediscoverMs: intFlag('rediscover-ms', values['rediscover-ms'], 0, 2_000_000_000) || 2_000_000_000,
+    gossip: values['probe-interval-ms'] === undefined ? {} : { probeIntervalMs: intFlag('probe-interval-ms', values['probe-interval-ms'], 10, 60_000) },
     settleS: intFlag('settle', values.settle, 0, 3600),
     formTimeoutS: intFlag('form-timeout', values['form-timeout'], 10, 3600),
     joinConcurrency: intFlag('join-concurrency', values['join-concurrency'], 1, 512),
@@ -443,7 +449,7 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
     if (!allReady || workers.some((w) => w.exited)) throw new Error('worker processes did not start');
     const seedName = hostedNames[0]!;
     const seedWorker = workerOf.get(seedName)!;
-    seedWorker.child.send({ t: 'init', spec: specs.get(seedName)!, logLevel: opts.logLevel, rediscoverMs: opts.rediscoverMs } satisfies ToWorker);
+    seedWorker.child.send({ t: 'init', spec: specs.get(seedName)!, logLevel: opts.logLevel, rediscoverMs: opts.rediscoverMs, gossip: opts.gossip } satisfies ToWorker);
     if (!(await until('the seed daemon to start', 60_000, 50, () => tokens.length > 0 || failures.length > 0)) || failures.length > 0) {
       throw new Error(`the seed daemon did not start: ${failures.join('; ') || 'timeout'}`);
     }
@@ -462,7 +468,7 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
       while (sent < joiners.length && sent - (peerOf.size - 1) < opts.joinConcurrency) {
         const name = joiners[sent]!;
         const token = tokens[sent % tokens.length]!;
-        workerOf.get(name)!.child.send({ t: 'join', spec: specs.get(name)!, token, logLevel: opts.logLevel, rediscoverMs: opts.rediscoverMs } satisfies ToWorker);
+        workerOf.get(name)!.child.send({ t: 'join', spec: specs.get(name)!, token, logLevel: opts.logLevel, rediscoverMs: opts.rediscoverMs, gossip: opts.gossip } satisfies ToWorker);
         sent++;
       }
       if (peerOf.size !== lastUp && peerOf.size % 16 === 0) say(`${peerOf.size}/${opts.nodes} daemons up`);
@@ -710,6 +716,7 @@ export async function runGossipBench(opts: GossipBenchOptions, io: BenchIo): Pro
       nodes_per_process: opts.perProcess,
       layout,
       kill_signal: opts.killSignal.replace('SIG', ''),
+      probe_interval_ms: opts.gossip.probeIntervalMs ?? DEFAULT_GOSSIP_OPTIONS.probeIntervalMs,
       changes: changeRecords.length,
       kills: killRecords.length,
       formed,

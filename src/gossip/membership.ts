@@ -8,13 +8,15 @@
  * traffic grows as n, not n² as with every peer heartbeating to every other: 64 daemons on 2
  * cores were drowned by 8,000 heartbeat deliveries a second.
  *
- * A peer is suspected only when a round of OUR probes failed: direct, then through
- * `indirectProbes` random helpers (SWIM's ping-req). A suspect is probed round after round;
- * any answer clears it, and only one that stayed suspect for `suspicionTimeoutMs` with every
- * round failing is declared dead. Besides the round robin, a round starts at once when the
- * transport sees our connection to the peer close (a crashed host's kernel closes its sockets)
- * or when another peer announces a suspicion it reached by its own probes; neither is evidence
- * by itself, so neither makes the peer suspect without a failed round of our own.
+ * A probe round is a direct probe, then, unanswered, probes through `indirectProbes` random
+ * helpers (SWIM's ping-req). Failed rounds of OUR probes add up to a verdict: a round whose
+ * direct probe was refused (nothing listens: a crashed daemon's port) weighs twice one that only
+ * timed out (a busy peer, a busy network): suspect after one refused or two silent rounds, dead
+ * after two refused or four silent ones and `suspicionTimeoutMs` of suspicion. Any answer
+ * clears it. Besides the round robin, rounds start at once when the transport sees our
+ * connection to the peer close (a crashed host's kernel closes its sockets), or when another
+ * peer announces a suspicion its own rounds reached (counted as one silent round of ours);
+ * neither makes the peer suspect without failed rounds of our own.
  *
  * Other evidence of life: a frame the peer broadcast itself ('direct'), an anti-entropy pull it
  * answered, and its state relayed by a third party ('relayed') only when newer than anything
@@ -32,19 +34,19 @@ import { compareVersion, type NodeState, type StateVersion } from './state.ts';
 /**
  * Timing of the gossip layer. All durations in milliseconds of the Clock.
  *
- * Why the defaults detect a dead peer within ~1 s of a crash, and a hung one within ~3 s at 64
- * peers, yet do not suspect a live one:
- * - A crashed daemon's connections close, and every peer connected to it (with round-robin
- *   probing, every peer) probes it at once: the probes are refused, so it is suspect within
- *   milliseconds, probed again 400 ms later, and declared dead at ~0.8 s, once it has been
- *   suspect for 600 ms across two failed rounds.
+ * Why the defaults detect a crashed peer within ~1 s, a hung one within ~5 s at 64 peers, and
+ * suspect no live one that stalls for less than 1.6 s:
+ * - A crashed daemon's connections close and its port refuses: every peer connected to it (with
+ *   round-robin probing, every peer) probes it at once, the round is refused within
+ *   milliseconds (suspect), the next 400 ms later too, and at 800 ms, suspect for 600 ms
+ *   across three refused rounds, it is dead.
  * - A hung daemon (frozen, or its cable cut) closes nothing. Some peer probes it within
  *   ln(100) × 250 ms ≈ 1.2 s (p99: each period each of n-1 peers has it next with chance
- *   ~1/(n-1)); that round fails after 400 + 400 ms; the suspicion is announced to all, and
- *   each runs its own rounds: dead everywhere ~1.6 s after the announcement.
- * - A suspicion needs the direct probe AND every indirect probe to go unanswered for 400 ms
- *   each: four independent network paths. A slow peer that answers any of them is never
- *   suspected; one that answers later is alive again, never dead.
+ *   ~1/(n-1)); two silent rounds of 800 ms (direct 400, helpers 400) make it suspect there and
+ *   the suspicion is announced; every peer then needs three silent rounds of its own: dead
+ *   everywhere ~1.2 + 1.6 + 2.4 ≈ 5.2 s after it hung.
+ * - A live peer is suspected only when its direct probe and every helper's probe time out in
+ *   two rounds in a row: four independent network paths, twice, 1.6 s of not answering.
  */
 export interface GossipOptions {
   /** Period of the round-robin probe (one alive peer per period) and of the dead peers' upkeep. */
@@ -178,6 +180,8 @@ interface Entry {
   statusSinceMs: number;
   /** A probe round (or a dead peer's re-probe) is in flight: never two at once. */
   probing: boolean;
+  /** A suspicion announced by another peer while our rounds were running: counted at their next failure. */
+  announcedFailure: boolean;
   nextReprobeMs: number;
   reprobeDelayMs: number;
 }
@@ -247,6 +251,20 @@ function anyTrue(attempts: (() => Promise<boolean>)[]): Promise<boolean> {
     }
   });
 }
+
+/** How a probe round ended: see #probeRound. */
+type RoundOutcome = 'answered' | 'refused' | 'silent';
+
+/**
+ * Failed rounds add up to a verdict. A silent round (a timeout) may be a busy peer or a busy
+ * network; a refused one (nothing listens) is what a crashed daemon's closed port does.
+ */
+const SILENT_ROUND = 1;
+const REFUSED_ROUND = 2;
+/** Suspect after one refused round or two silent ones. */
+const SUSPECT_AFTER = 2;
+/** Dead after two refused rounds or four silent ones (and suspicionTimeoutMs of suspicion). */
+const DEAD_AFTER = 4;
 
 function versionOf(v: StateVersion): StateVersion {
   return { incarnation: v.incarnation, seq: v.seq };
@@ -355,7 +373,7 @@ export class Membership {
   hintDisconnected(peerId: string): void {
     const entry = this.#entries.get(peerId);
     if (entry === undefined || peerId === this.selfPeerId || !this.#running || entry.status === 'dead') return;
-    this.#startProbeRounds(entry, false);
+    this.#startProbeRounds(entry, { announce: false, headStart: 0 });
   }
 
   /**
@@ -366,7 +384,9 @@ export class Membership {
     const entry = this.#entries.get(peerId);
     if (entry === undefined || peerId === this.selfPeerId || !this.#running || entry.status === 'dead') return;
     if (incarnation < entry.version.incarnation) return; // about a previous life
-    this.#startProbeRounds(entry, false);
+    // The announcer's failed rounds count as one silent round of ours: our own must do the rest.
+    if (entry.probing) entry.announcedFailure = true;
+    else this.#startProbeRounds(entry, { announce: false, headStart: SILENT_ROUND });
   }
 
   /** A transport connection to `peerId` opened: a peer we hold dead may be back, so re-probe it now. */
@@ -444,6 +464,7 @@ export class Membership {
       lastHeardMs: now,
       statusSinceMs: now,
       probing: false,
+      announcedFailure: false,
       nextReprobeMs: 0,
       reprobeDelayMs: this.options.deadReprobeMs,
     };
@@ -524,7 +545,7 @@ export class Membership {
       }
     }
     const target = this.#nextProbeTarget();
-    if (target !== undefined) this.#startProbeRounds(target, true);
+    if (target !== undefined) this.#startProbeRounds(target, { announce: true, headStart: 0 });
   }
 
   /**
@@ -563,43 +584,51 @@ export class Membership {
   }
 
   /**
-   * Probes a peer round after round until it answers (alive), was heard from meanwhile, or has
-   * been suspect for suspicionTimeoutMs with every round failing (dead). The first failed round
-   * makes it suspect (announced when `announce`). Rounds start at least probeTimeoutMs apart,
-   * so that probes failing fast (connection refused) do not spin. Never two loops on one peer.
+   * Probes a peer round after round until it answers (alive), was heard from meanwhile, or is
+   * declared dead, never two loops on one peer. Failed rounds add up (see the top of this
+   * file): SUSPECT_AFTER makes it suspect (announced when `announce`), DEAD_AFTER with
+   * suspicionTimeoutMs of suspicion makes it dead. Rounds start at least probeTimeoutMs apart,
+   * so that probes failing fast (connection refused) do not spin.
    */
-  #startProbeRounds(entry: Entry, announce: boolean): void {
+  #startProbeRounds(entry: Entry, how: { announce: boolean; headStart: number }): void {
     if (entry.probing) return;
     entry.probing = true;
-    void this.#probeUntilDecided(entry, announce)
+    entry.announcedFailure = false;
+    void this.#probeUntilDecided(entry, how.announce, how.headStart)
       .catch((err: unknown) => this.#log.error({ err: errorMessage(err), peerId: entry.peerId }, 'probing failed'))
       .finally(() => {
         entry.probing = false;
       });
   }
 
-  async #probeUntilDecided(entry: Entry, announce: boolean): Promise<void> {
+  async #probeUntilDecided(entry: Entry, announce: boolean, headStart: number): Promise<void> {
     const { probeTimeoutMs, suspicionTimeoutMs } = this.options;
     let suspectedSince = entry.status === 'suspect' ? entry.statusSinceMs : undefined;
+    let failed = suspectedSince === undefined ? headStart : Math.max(headStart, SUSPECT_AFTER);
     for (;;) {
       const roundStartedMs = this.#clock.now();
-      const answered = await this.#probeRound(entry, roundStartedMs);
+      const outcome = await this.#probeRound(entry, roundStartedMs);
       if (this.#settled(entry)) return;
       const now = this.#clock.now();
-      if (answered) {
+      if (outcome === 'answered') {
         this.#answered(entry, now);
         return;
       }
       // Heard from meanwhile (a frame it sent, a pull it answered): that settles this round.
       if (entry.lastHeardMs >= roundStartedMs) return;
+      failed += outcome === 'refused' ? REFUSED_ROUND : SILENT_ROUND;
+      if (entry.announcedFailure) failed += SILENT_ROUND;
+      entry.announcedFailure = false;
       if (suspectedSince === undefined) {
-        this.#suspicions++;
-        this.#setStatus(entry, 'suspect', now);
-        suspectedSince = now;
-        if (announce) this.#announceSuspicion(entry);
+        if (failed >= SUSPECT_AFTER) {
+          this.#suspicions++;
+          this.#setStatus(entry, 'suspect', now);
+          suspectedSince = now;
+          if (announce) this.#announceSuspicion(entry);
+        }
       } else if (entry.status !== 'suspect' || entry.statusSinceMs !== suspectedSince) {
         return; // cleared and suspected anew meanwhile: not this loop's suspicion any more
-      } else if (now - suspectedSince >= suspicionTimeoutMs) {
+      } else if (failed >= DEAD_AFTER && now - suspectedSince >= suspicionTimeoutMs) {
         this.#log.info({ peerId: entry.peerId, silentMs: now - entry.lastHeardMs }, 'peer declared dead');
         this.#setStatus(entry, 'dead', now);
         return;
@@ -620,31 +649,36 @@ export class Membership {
     }
   }
 
-  /** One SWIM round: a direct probe, then, if unanswered, probes through random helpers. */
-  async #probeRound(entry: Entry, roundStartedMs: number): Promise<boolean> {
+  /**
+   * One SWIM round: a direct probe, then, if unanswered, probes through random helpers. The
+   * round is 'refused' when the direct probe failed before its deadline (nothing listens, the
+   * connection broke) and no helper reached the peer, 'silent' when it timed out.
+   */
+  async #probeRound(entry: Entry, roundStartedMs: number): Promise<RoundOutcome> {
     const target = entry.peerId;
     const { probeTimeoutMs, indirectProbes } = this.options;
-    const direct = await withDeadline(
+    const direct = await withDeadline<RoundOutcome>(
       this.#clock,
       probeTimeoutMs,
-      (signal) => this.#prober.probe(target, signal),
-      false,
+      (signal) => this.#prober.probe(target, signal).then((ok) => (ok === true ? 'answered' : 'refused'), () => 'refused'),
+      'silent',
       this.#cancels,
     );
-    if (direct === true) return true;
-    if (this.#settled(entry) || entry.lastHeardMs >= roundStartedMs) return false;
+    if (direct === 'answered') return direct;
+    if (this.#settled(entry) || entry.lastHeardMs >= roundStartedMs) return direct;
     const helpers = this.#rng.sample(
       this.alivePeerIds().filter((id) => id !== target),
       indirectProbes,
     );
-    if (helpers.length === 0) return false;
-    return withDeadline(
+    if (helpers.length === 0) return direct;
+    const indirect = await withDeadline(
       this.#clock,
       probeTimeoutMs,
       (signal) => anyTrue(helpers.map((helper) => () => this.#prober.probeVia(helper, target, signal))),
       false,
       this.#cancels,
     );
+    return indirect ? 'answered' : direct;
   }
 
   /** A dead peer gets a rare direct probe; an answer means it is up now, whatever frames say. */

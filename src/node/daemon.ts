@@ -18,7 +18,7 @@ import { simulatedTools } from '../devices/fake/profiles.ts';
 import { GossipService } from '../gossip/service.ts';
 import type { NodeState } from '../gossip/state.ts';
 import type { Verify } from '../gossip/ports.ts';
-import type { MembershipListener } from '../gossip/membership.ts';
+import type { GossipOptions, MembershipListener } from '../gossip/membership.ts';
 import { createApiHandler } from '../api/routes.ts';
 import type { CheckpointCommitRequest, CheckpointCommitResponse, ExplainResponse, Job, JobCancelRequest, JobDetail, JobLogsQuery, JobLogsResponse, JobSubmitRequest, JobSubmitResponse, LabelsChange, NodeView, RaftPeersResponse, StatusResponse } from '../api/schemas.ts';
 import type { RaftHint } from '../gossip/state.ts';
@@ -55,6 +55,8 @@ export interface DaemonOptions {
   rediscoverMs?: number;
   /** Raft timing overrides (tests, benchmarks). */
   raft?: ControlPlaneOptions['raft'];
+  /** Gossip timing overrides (tests, benchmarks). */
+  gossip?: Partial<GossipOptions>;
   /** Called when the daemon had to stop on an error it cannot recover from (its disk failed); the default only logs. */
   onFatal?: (err: Error) => void;
 }
@@ -216,7 +218,7 @@ export class Daemon {
       load: { allocatedDevices: [] },
       updatedAtMs: Date.now(),
     };
-    const transport = createGossipTransport(host, config.fabricId);
+    const transport = createGossipTransport(host, config.fabricId, opts.log.child({ module: 'gossip' }));
     const gossip = new GossipService({
       self: { peerId, fabricId: config.fabricId },
       initialState,
@@ -227,6 +229,7 @@ export class Daemon {
       sign: async (data) => await privateKey.sign(data),
       verify: verifyByPeerId,
       log: opts.log.child({ module: 'gossip' }),
+      ...(opts.gossip !== undefined ? { options: opts.gossip } : {}),
     });
     const daemon = new Daemon({ paths, config, state, log, host, gossip, lock, rediscoverMs: opts.rediscoverMs ?? 30_000, raft: opts.raft, onFatal: opts.onFatal, raftLog: opts.log.child({ module: 'raft' }), jobLog: opts.log.child({ module: 'jobs' }) });
     try {
@@ -245,7 +248,7 @@ export class Daemon {
       host,
       { pullFrames: (have) => this.#gossip.handlePullRequest(have), probeFor: (target, signal) => this.#gossip.handleProbeVia(target, signal) },
       this.#log,
-      400,
+      this.#gossip.options.probeTimeoutMs,
     );
     host.services.pubsub.subscribe(topic);
     host.services.pubsub.addEventListener('gossipsub:message', (evt) => {

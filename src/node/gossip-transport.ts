@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { MAX_FRAMES_PER_PULL } from '../gossip/index.ts';
 import type { GossipTransport, PullDigest } from '../gossip/ports.ts';
-import type { Logger } from '../core/index.ts';
+import { errorMessage, type Logger } from '../core/index.ts';
 import type { FabricHost } from './host.ts';
 import { serveProtocol, withStream } from './wire.ts';
 
@@ -37,7 +37,7 @@ export function gossipTopic(fabricId: string): string {
   return `/fabric/${fabricId}/nodes/1`;
 }
 
-export function createGossipTransport(host: FabricHost, fabricId: string): GossipTransport {
+export function createGossipTransport(host: FabricHost, fabricId: string, log: Logger): GossipTransport {
   const topic = gossipTopic(fabricId);
   return {
     async broadcast(frame) {
@@ -61,7 +61,8 @@ export function createGossipTransport(host: FabricHost, fabricId: string): Gossi
           await s.write({ t: 'ping' }, signal);
           return (await s.read(SwimReply, 'swim ack', signal)).ok;
         });
-      } catch {
+      } catch (err) {
+        if (!signal.aborted) log.debug({ target, err: errorMessage(err) }, 'probe failed');
         return false;
       }
     },
@@ -71,7 +72,8 @@ export function createGossipTransport(host: FabricHost, fabricId: string): Gossi
           await s.write({ t: 'ping-req', target }, signal);
           return (await s.read(SwimReply, 'swim ack', signal)).ok;
         });
-      } catch {
+      } catch (err) {
+        if (!signal.aborted) log.debug({ helper, target, err: errorMessage(err) }, 'indirect probe failed');
         return false;
       }
     },

@@ -155,22 +155,35 @@ describe('membership: failure detection', () => {
     expect(membership.get('a')?.lastHeardMs).toBeGreaterThan(1_250);
   });
 
-  it('an unreachable peer is suspected after one failed round and dead after 600 ms more of failed rounds', async () => {
+  it('a silent peer is suspected after two silent rounds and dead after four', async () => {
     const { membership, run, events, prober, announced } = setup();
     membership.observeState(makeState('a'));
-    await run(640); // probed at 250; the direct probe times out at 650
+    await run(1_040); // probed at 250; direct probes time out at 650 and 1050 (no helper alive)
     expect(membership.get('a')?.status).toBe('alive');
     await run(20);
-    expect(membership.get('a')).toMatchObject({ status: 'suspect', statusSinceMs: 650 });
+    expect(membership.get('a')).toMatchObject({ status: 'suspect', statusSinceMs: 1_050 });
     expect(announced).toEqual([{ peerId: 'a', incarnation: 1 }]);
-    await run(780); // rounds at 650 and 1050 fail; at 1450 it has been suspect for 800 ms
+    await run(780); // rounds end at 1450 and 1850
     expect(membership.get('a')?.status).toBe('suspect');
     await run(20);
-    expect(membership.get('a')).toMatchObject({ status: 'dead', statusSinceMs: 1_450 });
+    expect(membership.get('a')).toMatchObject({ status: 'dead', statusSinceMs: 1_850 });
     expect(statuses(events, 'a')).toEqual(['alive', 'suspect', 'dead']);
     expect(membership.suspicions).toBe(1);
     expect(membership.falseSuspicions).toBe(0);
-    expect(prober.directCalls).toEqual(['a', 'a', 'a']); // no helper alive: direct probes only
+    expect(prober.directCalls).toEqual(['a', 'a', 'a', 'a']);
+  });
+
+  it('a peer whose port refuses is suspected at the first round and dead 600 ms later', async () => {
+    const { membership, run, prober } = setup();
+    membership.observeState(makeState('a'));
+    prober.direct.set('a', 'no');
+    await run(270); // probed at 250, refused at 260
+    expect(membership.get('a')).toMatchObject({ status: 'suspect', statusSinceMs: 260 });
+    await run(780); // refused again at 660 (suspect for 400 ms only) and at 1060
+    expect(membership.get('a')?.status).toBe('suspect');
+    await run(20);
+    expect(membership.get('a')).toMatchObject({ status: 'dead', statusSinceMs: 1_060 });
+    expect(prober.directCalls).toEqual(['a', 'a', 'a']);
   });
 
   it('asks random alive peers to probe a peer that misses the direct probe', async () => {
@@ -183,8 +196,8 @@ describe('membership: failure detection', () => {
     await run(6 * 250 + 2_000);
     expect(membership.get('a')?.status).toBe('dead');
     expect(prober.indirectCalls.every((c) => c.target === 'a' && c.helper.startsWith('h'))).toBe(true);
-    // Two failed rounds (the first makes it suspect, the second 800 ms later kills), 3 helpers each.
-    expect(prober.indirectCalls).toHaveLength(2 * DEFAULT_GOSSIP_OPTIONS.indirectProbes);
+    // Four silent rounds (two to suspect, two more to kill), 3 helpers each.
+    expect(prober.indirectCalls).toHaveLength(4 * DEFAULT_GOSSIP_OPTIONS.indirectProbes);
     expect(new Set(prober.indirectCalls.slice(0, 3).map((c) => c.helper)).size).toBe(3);
     expect(membership.suspicions).toBe(1);
   });
@@ -219,7 +232,7 @@ describe('membership: failure detection', () => {
   it('a suspect heard from again is alive, and the suspicion counted as false', async () => {
     const { membership, run, peer } = setup();
     peer('a');
-    await run(700);
+    await run(1_100);
     expect(membership.get('a')?.status).toBe('suspect');
     peer('a', 1, 1); // its own broadcast arrives
     expect(membership.get('a')?.status).toBe('alive');
@@ -231,7 +244,7 @@ describe('membership: failure detection', () => {
   it('a peer that answered a request of ours (heardFrom) is alive again', async () => {
     const { membership, run } = setup();
     membership.observeState(makeState('a'));
-    await run(700);
+    await run(1_100);
     expect(membership.get('a')?.status).toBe('suspect');
     membership.heardFrom('a');
     expect(membership.get('a')?.status).toBe('alive');
@@ -280,7 +293,7 @@ describe('membership: failure detection', () => {
     expect(prober.directCalls).toEqual(['a']);
     prober.direct.set('a', 'hang');
     membership.hintSuspected('a', 2);
-    await run(410);
+    await run(410); // the announcement counts as one silent round: one of ours makes two
     expect(membership.get('a')?.status).toBe('suspect');
     await run(800);
     expect(membership.get('a')?.status).toBe('dead');
@@ -292,7 +305,7 @@ describe('membership: dead peers', () => {
   async function deadPeer() {
     const ctx = setup({ deadRetentionMs: 60_000, deadReprobeMs: 10_000, deadReprobeMaxMs: 40_000 });
     ctx.membership.observeState(makeState('a', { incarnation: 3, seq: 1 }));
-    await ctx.run(1_500);
+    await ctx.run(2_000);
     expect(ctx.membership.get('a')?.status).toBe('dead');
     return ctx;
   }
@@ -349,7 +362,7 @@ describe('membership: relayed evidence and plumbing', () => {
     const { membership, run } = setup();
     const state = makeState('a', { seq: 1 });
     membership.observeState(state);
-    for (let i = 0; i < 8; i++) {
+    for (let i = 0; i < 10; i++) {
       await run(200);
       membership.observeState(state, undefined, 'relayed');
     }
@@ -359,10 +372,10 @@ describe('membership: relayed evidence and plumbing', () => {
   it('a relayed state newer than anything heard does count as life', async () => {
     const { membership, run } = setup();
     membership.observeState(makeState('a', { seq: 1 }));
-    await run(700);
+    await run(1_100);
     expect(membership.get('a')?.status).toBe('suspect');
     membership.observeState(makeState('a', { seq: 2 }), undefined, 'relayed');
-    expect(membership.get('a')).toMatchObject({ status: 'alive', lastHeardMs: 700 });
+    expect(membership.get('a')).toMatchObject({ status: 'alive', lastHeardMs: 1_100 });
   });
 
   it('a throwing listener neither breaks the table nor silences other listeners', () => {

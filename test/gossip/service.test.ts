@@ -128,12 +128,12 @@ describe('gossip service: failure detection across the fabric', () => {
     await fabric.run(3_000);
     fabric.kill('n4'); // silence: no connection closes, nothing is refused
     const suspectedAfter = await fabric.runUntil(() => viewsOf(fabric, 'n4').some((s) => s === 'suspect'), 3_000);
-    // Some peer probes it within a pass of 5 peers (1.25 s); its round fails after 800 ms.
+    // Some peer probes it within a pass of 5 peers (1.25 s).
     expect(suspectedAfter).toBeGreaterThanOrEqual(400); // at least the indirect probes' deadline
-    expect(suspectedAfter).toBeLessThanOrEqual(1_250 + 800 + 20);
-    // The others probe at once on the announcement: dead everywhere 1.6 s (two rounds) later.
-    const deadAfter = suspectedAfter + (await fabric.runUntil(() => viewsOf(fabric, 'n4').every((s) => s === 'dead'), 3_000));
-    expect(deadAfter - suspectedAfter).toBeLessThanOrEqual(1_600 + 50);
+    expect(suspectedAfter).toBeLessThanOrEqual(1_250 + 1_600 + 20); // two silent rounds
+    // The others probe at once on the announcement: dead everywhere three silent rounds later.
+    const deadAfter = suspectedAfter + (await fabric.runUntil(() => viewsOf(fabric, 'n4').every((s) => s === 'dead'), 4_000));
+    expect(deadAfter - suspectedAfter).toBeLessThanOrEqual(2_400 + 50);
     expect(totalStats(fabric).falseSuspicions).toBe(0);
     // Everyone still agrees much later, and nobody else was ever suspected.
     await fabric.run(10_000);
@@ -224,7 +224,7 @@ describe('gossip service: restarts and partitions', () => {
     await fabric.run(1_000);
     const oldStateFrame = fabric.node('n3').handlePullRequest().find((f) => packr.unpack(packr.unpack(f).p).peerId === 'n3')!;
     fabric.kill('n3');
-    await fabric.runUntil(() => viewsOf(fabric, 'n3').every((s) => s === 'dead'), 3_000);
+    await fabric.runUntil(() => viewsOf(fabric, 'n3').every((s) => s === 'dead'), 8_000);
 
     // Old-life frames: a late broadcast, a newer state of the same incarnation relayed by another.
     const oldLifeNewer = await encodeState(makeState('n3', { incarnation: 1, seq: 5 }), fabric.keys.signerFor('n3'));
