@@ -20,7 +20,7 @@ import { createHostVariant, type HostVariant } from '../src/node/host-variants.t
 export type RawSink = 'memory' | 'disk';
 
 export type ToWorker =
-  | { t: 'init'; dir: string; swarmKey: number[]; transport: HostVariant; streams: number; windowMiB: number }
+  | { t: 'init'; dir: string; swarmKey: number[]; transport: HostVariant; streams: number; windowMiB: number; bulk: boolean }
   | { t: 'raw'; sink: RawSink }
   | { t: 'stats' }
   | { t: 'stop' };
@@ -147,7 +147,16 @@ async function init(m: Extract<ToWorker, { t: 'init' }>): Promise<void> {
   host = await createHostVariant(opts, m.transport);
   const log = stderrBenchLogger(`replica ${process.pid} `);
   host.addEventListener('connection:close', (evt) => log.debug({ peer: evt.detail.remotePeer.toString(), status: evt.detail.status }, 'connection closed'));
-  svc = new CheckpointService({ host, dir: join(m.dir, 'store'), log, reserveBytes: 0, streamsPerPeer: m.streams, windowBytes: m.windowMiB * 1024 * 1024 });
+  svc = new CheckpointService({
+    host,
+    dir: join(m.dir, 'store'),
+    log,
+    reserveBytes: 0,
+    streamsPerPeer: m.streams,
+    windowBytes: m.windowMiB * 1024 * 1024,
+    // bulk channels on loopback, any free port (as the writer's)
+    ...(m.bulk ? { bulk: { host: '127.0.0.1', port: 0 } } : {}),
+  });
   await svc.start();
   rawBase = m.dir;
   rawDir = join(rawBase, 'raw-0');

@@ -52,6 +52,9 @@ import type { FromWorker, RawSink, ToWorker } from './replication-worker.ts';
 const WORKER = join(import.meta.dirname, 'replication-worker.ts');
 const MiB = 1024 * 1024;
 
+/** Bulk channels on loopback, any free port. */
+export const BENCH_BULK = Object.freeze({ host: '127.0.0.1', port: 0 });
+
 export const REPLICATION_TARGETS = Object.freeze({ ratio: 0.5, incremental_sent_fraction: 0.15 });
 
 export interface ReplicationBenchOptions {
@@ -61,6 +64,8 @@ export interface ReplicationBenchOptions {
   streams: number;
   windowMiB: number;
   transport: HostVariant;
+  /** Chunk data over bulk channels (as the daemon does by default), or libp2p streams only. */
+  bulk: boolean;
   dir: string | undefined;
 }
 
@@ -72,6 +77,8 @@ export const REPLICATION_USAGE = `npm run bench -- replication [--json] [options
   --window-mib W    unacknowledged MiB per push stream (default 32)
   --transport T     fabric-psk (host.ts as it is), fabric-psk-auth (swarm-key proof, then Noise alone)
                     or pnet (@libp2p/pnet, host.ts before psk-protector.ts) (default fabric-psk)
+  --bulk on|off     chunk data over bulk channels (a direct socket with AES-GCM records, the
+                    daemon's default) or over libp2p streams only (default on)
   --dir PATH        where to put the temp directory (default the OS temp dir)
   FABRIC_BENCH_LOG=debug|info|warn prints the checkpoint services' log lines on stderr`;
 
@@ -86,11 +93,13 @@ export function parseReplicationArgs(args: string[]): ReplicationBenchOptions {
       streams: { type: 'string', default: '2' },
       'window-mib': { type: 'string', default: '32' },
       transport: { type: 'string', default: 'fabric-psk' },
+      bulk: { type: 'string', default: 'on' },
       dir: { type: 'string' },
     },
   });
   const transport = values.transport;
   if (!isHostVariant(transport)) throw new Error(`--transport must be one of ${HOST_VARIANTS.join(', ')}, got ${transport}`);
+  if (values.bulk !== 'on' && values.bulk !== 'off') throw new Error(`--bulk must be on or off, got ${values.bulk}`);
   return {
     sizeMiB: intFlag('size-mib', values['size-mib'], 1, 64 * 1024),
     peers: intFlag('peers', values.peers, 1, 8),
@@ -98,6 +107,7 @@ export function parseReplicationArgs(args: string[]): ReplicationBenchOptions {
     streams: intFlag('streams', values.streams, 1, 16),
     windowMiB: intFlag('window-mib', values['window-mib'], 17, 64),
     transport,
+    bulk: values.bulk === 'on',
     dir: values.dir,
   };
 }
@@ -132,7 +142,7 @@ function startWorker(dir: string, swarmKey: Uint8Array, o: ReplicationBenchOptio
     if (exited !== undefined) return Promise.resolve({ t: 'error', message: exited });
     return new Promise((r) => waiting.push(r));
   };
-  const msg: ToWorker = { t: 'init', dir, swarmKey: [...swarmKey], transport: o.transport, streams: o.streams, windowMiB: o.windowMiB };
+  const msg: ToWorker = { t: 'init', dir, swarmKey: [...swarmKey], transport: o.transport, streams: o.streams, windowMiB: o.windowMiB, bulk: o.bulk };
   child.send(msg);
   return next().then((m) => {
     if (m.t !== 'ready') throw new Error(`replica did not start: ${m.t === 'error' ? m.message : m.t}`);
@@ -234,6 +244,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
   const root = mkdtempSync(join(o.dir ?? tmpdir(), 'fabric-bench-replication-'));
   const workers: Worker[] = [];
   const hosts: FabricHost[] = [];
+  const services: CheckpointService[] = [];
   const cleanup = (): void => {
     for (const w of workers) w.child.kill('SIGKILL');
     rmSync(root, { recursive: true, force: true });
@@ -263,7 +274,16 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     const dbg = stderrBenchLogger();
     host.addEventListener('connection:close', (evt) => dbg.debug({ peer: evt.detail.remotePeer.toString(), status: evt.detail.status }, 'connection closed'));
     host.addEventListener('connection:open', (evt) => dbg.debug({ peer: evt.detail.remotePeer.toString() }, 'connection opened'));
-    const svc = new CheckpointService({ host, dir: join(root, 'writer-store'), log: stderrBenchLogger(), reserveBytes: 0, streamsPerPeer: o.streams, windowBytes: o.windowMiB * MiB });
+    const svc = new CheckpointService({
+      host,
+      dir: join(root, 'writer-store'),
+      log: stderrBenchLogger(),
+      reserveBytes: 0,
+      streamsPerPeer: o.streams,
+      windowBytes: o.windowMiB * MiB,
+      ...(o.bulk ? { bulk: BENCH_BULK } : {}),
+    });
+    services.push(svc);
     await svc.start();
     for (const w of workers) await host.dial(w.addrs.map((a) => multiaddr(a)));
     const peerIds = workers.map((w) => w.peerId);
@@ -318,7 +338,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     const failed = rep.peers.filter((p) => !p.ok);
     if (failed.length > 0) throw new Error(`replication failed: ${failed.map((p) => `${p.peerId}: ${p.error}`).join('; ')}`);
     const mibPerS = ckMiB / repS;
-    io.progress(`replication: libp2p to ${o.peers} peers: ${mibPerS.toFixed(0)} MiB/s (${repS.toFixed(2)} s)`);
+    io.progress(`replication: ${o.bulk ? "bulk channels" : "libp2p streams"} to ${o.peers} peers: ${mibPerS.toFixed(0)} MiB/s (${repS.toFixed(2)} s)`);
 
     const rawAfter = await rawRun('memory');
     const raw = (rawBefore + rawAfter) / 2;
@@ -335,7 +355,8 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     io.progress(`replication: second checkpoint, ${changed} of ${c1.chunks} chunks changed: ${(incFraction * 100).toFixed(1)}% of the bytes sent per peer`);
 
     // restore from all peers into a fresh store on the writer's host
-    const restorer = new CheckpointService({ host, dir: join(root, 'restore-store'), log: stderrBenchLogger() });
+    const restorer = new CheckpointService({ host, dir: join(root, 'restore-store'), log: stderrBenchLogger(), ...(o.bulk ? { bulk: BENCH_BULK } : {}) });
+    services.push(restorer);
     t = performance.now();
     const rs = await restorer.restore(c2.manifestId, peerIds, join(root, 'restored'));
     const restoreS = (performance.now() - t) / 1000;
@@ -346,6 +367,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
     return {
       bench: 'replication',
       transport: o.transport,
+      bulk: o.bulk,
       size_mib: round1(ckMiB),
       peers: o.peers,
       chunks: c1.chunks,
@@ -391,6 +413,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions, io: { prog
         // already gone
       }
     }
+    for (const s of services) await s.stop().catch(() => {});
     for (const h of hosts) {
       try {
         await h.stop();

@@ -36,6 +36,8 @@ export interface CheckpointServiceOptions {
   idleTimeoutMs?: number;
   /** Memory all inbound checkpoint streams together may hold (default 512 MiB). */
   inboundBufferBytes?: number;
+  /** Bulk channels for chunk data: listen address and port (ckpt-transfer.ts); undefined: libp2p only. */
+  bulk?: { host: string; port: number };
 }
 
 export interface PeerPlace {
@@ -100,6 +102,7 @@ export class CheckpointService {
       ...(opts.reserveBytes !== undefined ? { reserveBytes: opts.reserveBytes } : {}),
       ...(opts.idleTimeoutMs !== undefined ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
       ...(opts.inboundBufferBytes !== undefined ? { inboundBufferBytes: opts.inboundBufferBytes } : {}),
+      ...(opts.bulk !== undefined ? { bulk: opts.bulk } : {}),
     });
   }
 

@@ -13,6 +13,7 @@
  *   fetch     {t:'fetch', ids}                → (chunk | miss)* end              chunks, verified on read
  *   manifest  {t:'manifest', manifestId}      → manifest | miss
  *   check     {t:'check', manifestId}         → {t:'check', hasManifest, missing}
+ *   bulk      {t:'bulk'}                      → {t:'bulk', port, ticket, secret} | refused
  *
  * A chunk travels as a frame {t:'chunk', id, size} followed by exactly `size` raw bytes (not
  * msgpack): the size is checked (against the manifest or the request) before the bytes are
@@ -27,12 +28,17 @@
  * acknowledges chunks only once they are durable (written, fsynced, renamed), so a holder that
  * acknowledged a checkpoint really has it. Chunks a target already holds are never sent.
  *
+ * Pushes and fetch batches run over a bulk channel (bulk-channel.ts: a direct socket with its own
+ * AES-GCM records, opened with a ticket asked for by 'bulk') when both peers have one on and the
+ * socket connects, else over a libp2p stream: the same requests and frames either way.
+ *
  * Fetching (`fetchChunks`): ask every holder which chunks it has, spread the chunks over the
  * holders (planFetch), fetch from all of them in parallel, verify every chunk, and send what
  * failed (missing, corrupt, bytes not matching, holder unreachable) to the next holder.
  */
 import { createHash } from 'node:crypto';
-import type { Libp2p, Stream } from '@libp2p/interface';
+import type { Libp2p } from '@libp2p/interface';
+import type { Multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
 import {
@@ -51,6 +57,7 @@ import {
   type ManifestId,
 } from '../checkpoint/index.ts';
 import { FabricError, errorMessage, isFabricError, type Logger } from '../core/index.ts';
+import { BulkListener, SECRET_BYTES, TICKET_BYTES, dialBulk, streamChannel, type ByteChannel } from './bulk-channel.ts';
 import type { ChunkStore } from './chunk-store.ts';
 import { decodeFrame, encodeFrame } from './wire.ts';
 
@@ -66,6 +73,10 @@ const MAX_CHUNK_FRAME = MAX_CHUNK_BYTES + 4 * 1024;
 const MAX_REPLY_FRAME = 8 * 1024 * 1024;
 /** The most unacknowledged push bytes a stream may have; a receiver aborts a pusher beyond it. */
 export const MAX_PUSH_WINDOW = 64 * 1024 * 1024;
+/** How long a bulk socket may take to connect and answer. */
+const BULK_CONNECT_TIMEOUT_MS = 3_000;
+/** After a peer's bulk channel failed, how long to use libp2p streams with it before trying again. */
+const BULK_RETRY_AFTER_MS = 60_000;
 /** One fetch request asks for at most this many bytes. */
 const FETCH_BATCH_BYTES = 32 * 1024 * 1024;
 const FETCH_BATCH_IDS = 4096;
@@ -81,6 +92,7 @@ const RequestSchema = z.discriminatedUnion('t', [
   z.strictObject({ t: z.literal('fetch'), ids: z.array(ChunkIdSchema).min(1).max(FETCH_BATCH_IDS) }),
   z.strictObject({ t: z.literal('manifest'), manifestId: ManifestIdSchema }),
   z.strictObject({ t: z.literal('check'), manifestId: ManifestIdSchema }),
+  z.strictObject({ t: z.literal('bulk') }),
 ]);
 type Request = z.infer<typeof RequestSchema>;
 
@@ -104,7 +116,21 @@ const ManifestReply = z.discriminatedUnion('t', [
   z.strictObject({ t: z.literal('manifest'), bytes: Bytes }),
   z.strictObject({ t: z.literal('miss'), reason: z.string().max(1024) }),
 ]);
+const BulkReply = z.discriminatedUnion('t', [
+  z.strictObject({
+    t: z.literal('bulk'),
+    port: z.number().int().min(1).max(65535),
+    ticket: Bytes.refine((b) => b.length === TICKET_BYTES, 'ticket size'),
+    secret: Bytes.refine((b) => b.length === SECRET_BYTES, 'secret size'),
+  }),
+  Refused,
+]);
 const CheckReply = z.strictObject({ t: z.literal('check'), hasManifest: z.boolean(), missing: z.number().int().min(0) });
+
+/** The IP address of a multiaddr (/ip4 or /ip6), if it has one. */
+function ipOf(addr: Multiaddr): string | undefined {
+  return addr.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value;
+}
 
 function bitsOf(flags: readonly boolean[]): Uint8Array {
   const bits = new Uint8Array(Math.ceil(flags.length / 8));
@@ -226,12 +252,13 @@ class BufferBudget {
 }
 
 /**
- * A libp2p stream as frames, with its own read buffer (no 4 MiB cap of libp2p's byteStream, and
- * the bound it does have is the protocol's window) and writes that wait for 'drain'.
+ * A byte channel (a libp2p stream or a bulk socket) as frames, with its own read buffer (no
+ * 4 MiB cap of libp2p's byteStream, and the bound it does have is the protocol's window) and
+ * writes that wait for 'drain'.
  */
 class FrameConn {
   readonly remotePeer: string;
-  readonly #stream: Stream;
+  readonly #channel: ByteChannel;
   readonly #buf = new ByteQueue();
   readonly #maxBuffered: number;
   readonly #timeoutMs: number;
@@ -241,37 +268,40 @@ class FrameConn {
   #drainWake: (() => void) | undefined;
   readonly #budget: BufferBudget | undefined;
 
-  constructor(stream: Stream, remotePeer: string, maxBuffered: number, timeoutMs: number, budget?: BufferBudget) {
-    this.#stream = stream;
+  constructor(channel: ByteChannel, remotePeer: string, maxBuffered: number, timeoutMs: number, budget?: BufferBudget) {
+    this.#channel = channel;
     this.remotePeer = remotePeer;
     this.#maxBuffered = maxBuffered;
     this.#timeoutMs = timeoutMs;
     this.#budget = budget;
-    stream.addEventListener('message', (evt) => {
-      if (this.#error !== undefined) return;
-      const data = evt.data;
-      const before = this.#buf.length;
-      if (data instanceof Uint8Array) this.#buf.append(data);
-      else for (const part of data) this.#buf.append(part);
-      const withinBudget = this.#budget?.take(this.#buf.length - before) ?? true;
-      if (this.#buf.length > this.#maxBuffered) {
-        this.#fail(new FabricError('BAD_FRAME', `peer sent ${this.#buf.length} bytes ahead, over the ${this.#maxBuffered}-byte window`));
-      } else if (!withinBudget) {
-        this.#fail(new FabricError('BAD_FRAME', `inbound checkpoint buffers are full (${this.#budget!.max} bytes)`));
-      }
-      this.#notify();
+    channel.listen({
+      data: (data) => {
+        if (this.#error !== undefined) return;
+        this.#buf.append(data);
+        const withinBudget = this.#budget?.take(data.length) ?? true;
+        if (this.#buf.length > this.#maxBuffered) {
+          this.#fail(new FabricError('BAD_FRAME', `peer sent ${this.#buf.length} bytes ahead, over the ${this.#maxBuffered}-byte window`));
+        } else if (!withinBudget) {
+          this.#fail(new FabricError('BAD_FRAME', `inbound checkpoint buffers are full (${this.#budget!.max} bytes)`));
+        }
+        this.#notify();
+      },
+      end: () => {
+        this.#ended = true;
+        this.#notify();
+      },
+      close: (err) => {
+        if (err !== undefined && this.#error === undefined) this.#error = err;
+        this.#ended = true;
+        this.#notify();
+        this.#drainWake?.();
+      },
+      drain: () => this.#drainWake?.(),
     });
-    stream.addEventListener('remoteCloseWrite', () => {
-      this.#ended = true;
-      this.#notify();
-    });
-    stream.addEventListener('close', (evt) => {
-      if (evt.error !== undefined && this.#error === undefined) this.#error = evt.error;
-      this.#ended = true;
-      this.#notify();
-      this.#drainWake?.();
-    });
-    stream.addEventListener('drain', () => this.#drainWake?.());
+  }
+
+  get kind(): ByteChannel['kind'] {
+    return this.#channel.kind;
   }
 
   /** Ends the stream with `err`; what it had buffered is dropped (and given back to the budget). */
@@ -279,7 +309,7 @@ class FrameConn {
     if (this.#error === undefined) this.#error = err;
     this.#budget?.give(this.#buf.length);
     if (this.#buf.length > 0) this.#buf.takeParts(this.#buf.length);
-    this.#stream.abort(err);
+    this.#channel.abort(err);
   }
 
   /** Gives back to the budget whatever is still buffered: call when done with the stream. */
@@ -381,9 +411,9 @@ class FrameConn {
   async write(value: unknown, signal?: AbortSignal, body?: Uint8Array): Promise<void> {
     if (this.#error !== undefined) throw this.#error;
     const payload = encodeFrame(value);
-    this.#stream.send(varint(payload.length));
-    let more = this.#stream.send(payload);
-    if (body !== undefined) more = this.#stream.send(body) && more;
+    this.#channel.send(varint(payload.length));
+    let more = this.#channel.send(payload);
+    if (body !== undefined) more = this.#channel.send(body) && more;
     if (!more) {
       await this.#waitFor(
         (wake) => {
@@ -428,17 +458,12 @@ class FrameConn {
   }
 
   async close(): Promise<void> {
-    try {
-      await this.#stream.close();
-    } catch {
-      // close() with unsent data can reject with a non-Error event object (STACK.md)
-      this.#stream.abort(new Error('close failed'));
-    }
+    await this.#channel.close();
   }
 
   abort(reason: string): void {
     if (this.#error === undefined) this.#error = new FabricError('ABORTED', reason);
-    this.#stream.abort(new Error(reason));
+    this.#channel.abort(new Error(reason));
     this.#notify();
     this.#drainWake?.();
   }
@@ -544,6 +569,12 @@ export interface CkptTransferOptions {
   idleTimeoutMs?: number;
   /** Bytes all inbound streams together may hold in memory (default 512 MiB; an offer's manifest must fit). */
   inboundBufferBytes?: number;
+  /**
+   * Move chunk data (pushes, fetches) over bulk channels (bulk-channel.ts), listening on this
+   * address and port (0: any free port). Undefined: everything goes over libp2p streams. A peer
+   * whose bulk port cannot be reached is served over libp2p instead.
+   */
+  bulk?: { host: string; port: number };
 }
 
 export interface PeerProgress {
@@ -628,6 +659,11 @@ export class CkptTransfer {
   readonly #budget: BufferBudget;
   readonly #stopping = new AbortController();
   #started = false;
+  #bulk: BulkListener | undefined;
+  /** Channels this side opened for chunk data (pushes, fetch batches), by kind. */
+  readonly #dataChannels = { bulk: 0, libp2p: 0 };
+  /** Peers whose bulk channel failed, and until when we use libp2p streams with them instead. */
+  readonly #bulkUnavailable = new Map<string, number>();
 
   constructor(opts: CkptTransferOptions) {
     this.#opts = opts;
@@ -644,10 +680,29 @@ export class CkptTransfer {
   async start(): Promise<void> {
     if (this.#started) return;
     this.#started = true;
-    await this.#host.handle(CKPT_PROTOCOL, (stream, connection) => this.#serve(stream, connection.remotePeer.toString()), {
+    await this.#host.handle(CKPT_PROTOCOL, (stream, connection) => this.#serve(streamChannel(stream), connection.remotePeer.toString()), {
       maxInboundStreams: this.#opts.maxInboundStreams ?? 64,
       runOnLimitedConnection: false,
     });
+    if (this.#opts.bulk !== undefined) {
+      const bulk = new BulkListener({
+        ...this.#opts.bulk,
+        log: this.#log,
+        onChannel: (channel, peer) => void this.#serve(channel, peer),
+      });
+      await bulk.start();
+      this.#bulk = bulk;
+    }
+  }
+
+  /** How many channels this side opened for chunk data, by kind (bulk or libp2p). */
+  dataChannels(): Readonly<Record<ByteChannel['kind'], number>> {
+    return { ...this.#dataChannels };
+  }
+
+  /** The bulk listener's port, when bulk channels are on. */
+  get bulkPort(): number | undefined {
+    return this.#bulk?.port;
   }
 
   async stop(): Promise<void> {
@@ -661,13 +716,14 @@ export class CkptTransfer {
       }
     }
     for (const c of this.#inbound) c.abort('transfer service stopped');
+    await this.#bulk?.stop();
   }
 
   // ---- server side -------------------------------------------------------------------------
 
-  async #serve(stream: Stream, peer: string): Promise<void> {
+  async #serve(channel: ByteChannel, peer: string): Promise<void> {
     // The buffer bound: one request, or a push window plus the frame in progress.
-    const conn = new FrameConn(stream, peer, Math.max(MAX_REQUEST_FRAME, MAX_PUSH_WINDOW + MAX_CHUNK_FRAME) + 64 * 1024, this.#timeoutMs, this.#budget);
+    const conn = new FrameConn(channel, peer, Math.max(MAX_REQUEST_FRAME, MAX_PUSH_WINDOW + MAX_CHUNK_FRAME) + 64 * 1024, this.#timeoutMs, this.#budget);
     this.#inbound.add(conn);
     let what = 'request';
     try {
@@ -708,6 +764,16 @@ export class CkptTransfer {
           await conn.write({ t: 'manifest', bytes }, signal);
         } catch (err) {
           await conn.write({ t: 'miss', reason: errorMessage(err) }, signal);
+        }
+        return;
+      }
+      case 'bulk': {
+        const ticket = conn.kind === 'libp2p' ? this.#bulk?.issue(conn.remotePeer) : undefined;
+        if (ticket === undefined) {
+          const reason = this.#bulk === undefined ? 'bulk channels are off on this peer' : conn.kind === 'bulk' ? 'ask for a bulk channel over libp2p' : 'too many bulk tickets outstanding';
+          await conn.write({ t: 'refused', reason }, signal);
+        } else {
+          await conn.write({ t: 'bulk', port: ticket.port, ticket: ticket.ticket, secret: ticket.secret }, signal);
         }
         return;
       }
@@ -862,10 +928,15 @@ export class CkptTransfer {
 
   // ---- client side -------------------------------------------------------------------------
 
-  async #open<T>(peer: string, signal: AbortSignal | undefined, fn: (conn: FrameConn) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` over a new channel to `peer`: a bulk channel when `bulk` is asked for and the peer
+   * offers one, else a libp2p stream.
+   */
+  async #open<T>(peer: string, signal: AbortSignal | undefined, fn: (conn: FrameConn) => Promise<T>, bulk = false): Promise<T> {
     const s = signal === undefined ? this.#stopping.signal : AbortSignal.any([signal, this.#stopping.signal]);
-    const stream = await this.#host.dialProtocol(peerIdFromString(peer), CKPT_PROTOCOL, { signal: s });
-    const conn = new FrameConn(stream, peer, this.#windowBytes + MAX_CHUNK_FRAME + MAX_REPLY_FRAME + FETCH_BATCH_BYTES, this.#timeoutMs);
+    const channel = (bulk ? await this.#openBulk(peer, s) : undefined) ?? streamChannel(await this.#host.dialProtocol(peerIdFromString(peer), CKPT_PROTOCOL, { signal: s }));
+    if (bulk) this.#dataChannels[channel.kind]++;
+    const conn = new FrameConn(channel, peer, this.#windowBytes + MAX_CHUNK_FRAME + MAX_REPLY_FRAME + FETCH_BATCH_BYTES, this.#timeoutMs);
     const onAbort = (): void => conn.abort('aborted');
     s.addEventListener('abort', onAbort, { once: true });
     try {
@@ -877,6 +948,40 @@ export class CkptTransfer {
       throw err;
     } finally {
       s.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * A bulk channel to `peer`: a ticket asked for over libp2p, then a socket to the peer's bulk
+   * port at the address our libp2p connection reaches it on. Undefined (use libp2p) when bulk
+   * channels are off here or there, or the socket fails; such a peer is not asked again for a while.
+   */
+  async #openBulk(peer: string, signal: AbortSignal): Promise<ByteChannel | undefined> {
+    if (this.#opts.bulk === undefined) return undefined;
+    const until = this.#bulkUnavailable.get(peer);
+    if (until !== undefined && until > Date.now()) return undefined;
+    try {
+      const connection = await this.#host.dial(peerIdFromString(peer), { signal });
+      const address = ipOf(connection.remoteAddr);
+      if (address === undefined) throw new FabricError('UNAVAILABLE', `no IP address in ${connection.remoteAddr.toString()}`);
+      const stream = await connection.newStream(CKPT_PROTOCOL, { signal });
+      const ask = new FrameConn(streamChannel(stream), peer, MAX_REPLY_FRAME, this.#timeoutMs);
+      let reply: z.infer<typeof BulkReply>;
+      try {
+        await ask.write({ t: 'bulk' }, signal);
+        reply = await ask.read(BulkReply, 'bulk reply', MAX_REPLY_FRAME, signal);
+        await ask.close();
+      } catch (err) {
+        ask.abort(errorMessage(err));
+        throw err;
+      }
+      if (reply.t === 'refused') throw new FabricError('UNAVAILABLE', reply.reason);
+      return await dialBulk(address, reply, BULK_CONNECT_TIMEOUT_MS, signal);
+    } catch (err) {
+      if (signal.aborted) throw err;
+      this.#bulkUnavailable.set(peer, Date.now() + BULK_RETRY_AFTER_MS);
+      this.#log.info({ peer, err: errorMessage(err) }, 'no bulk channel to peer: using libp2p streams for a while');
+      return undefined;
     }
   }
 
@@ -1157,7 +1262,7 @@ export class CkptTransfer {
       }
       await conn.write({ t: 'end' }, signal);
       await acks;
-    });
+    }, true);
   }
 
   /**
@@ -1291,7 +1396,7 @@ export class CkptTransfer {
             const settled = await Promise.allSettled(stores);
             const bad = settled.find((x) => x.status === 'rejected');
             if (bad !== undefined) throw bad.reason;
-          });
+          }, true);
         } catch (err) {
           if (signal?.aborted) throw err;
           for (const [id] of pending) result.failures.push({ peerId: peer, chunkId: id, reason: errorMessage(err) });

@@ -31,6 +31,7 @@ const DaemonFlagsSchema = z.object({
   dataDir: z.string().optional(),
   listen: z.array(Multiaddr).optional(),
   apiPort: z.coerce.number().int().min(0).max(65535).optional(),
+  bulkPort: z.union([z.literal('off'), z.coerce.number().int().min(0).max(65535)]).optional(),
   zone: LabelName.optional(),
   region: LabelName.optional(),
   cloud: LabelName.optional(),
@@ -52,6 +53,7 @@ function addDaemonOptions(cmd: Command): Command {
   return addDataDirOption(cmd)
     .option('--listen <multiaddr>', `libp2p listen address, repeatable (default ${DEFAULT_LISTEN})`, collect)
     .option('--api-port <n>', `local HTTP API port on 127.0.0.1, 0 for any free one (default ${DEFAULT_API_PORT})`)
+    .option('--bulk-port <n|off>', 'TCP port for checkpoint data between peers, on the --listen IP; 0 for any free one (default), off to send it over libp2p only')
     .option('--zone <zone>', 'failure zone of this host (e.g. eu-1a)')
     .option('--region <region>', 'region of this host')
     .option('--cloud <cloud>', 'cloud or rack this host lives in')

@@ -34,7 +34,7 @@ import { CheckpointService } from './checkpoints.ts';
 import { RestoreCache } from './restore-cache.ts';
 import { restoreOrder } from '../checkpoint/index.ts';
 import { fetchJobLog, readJobLog, serveLogs } from './logs-protocol.ts';
-import { DaemonConfigSchema, DaemonStateSchema, type DaemonConfig, type DaemonState } from './config.ts';
+import { DaemonConfigSchema, DaemonStateSchema, bulkListenOf, type DaemonConfig, type DaemonState } from './config.ts';
 import { readJsonFile, writeJsonFile, fileExists } from './files.ts';
 import { loadIdentityKey, loadSwarmKey } from './identity.ts';
 import { acquireLock, type DataDirLock } from './lock.ts';
@@ -125,10 +125,12 @@ export class Daemon {
     // Jobs of an earlier run of this daemon that outlived it (they should not: see job-shim.ts).
     const orphans = killOrphanJobs(this.peerId);
     if (orphans > 0) this.#log.warn({ orphans }, 'killed job processes left over from an earlier run');
+    const bulk = bulkListenOf(init.config);
     this.#checkpoints = new CheckpointService({
       host: init.host,
       dir: init.paths.checkpoints,
       log: init.log,
+      ...(bulk !== undefined ? { bulk } : {}),
       // Fencing: a replica of a checkpoint written under an epoch the job has left is refused.
       admitOffer: (_peer, manifest) => {
         const job = this.#control.state.job(manifest.jobId);

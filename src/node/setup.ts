@@ -38,6 +38,7 @@ function configFrom(input: SetupInput, fabricId: string, bootstrap: string[], fo
     fabricId,
     listen: flags.listen ?? [defaults.listen],
     apiPort: flags.apiPort ?? defaults.apiPort,
+    ...(flags.bulkPort !== undefined ? { bulkPort: flags.bulkPort } : {}),
     labels: {
       ...(flags.zone !== undefined ? { zone: flags.zone } : {}),
       ...(flags.region !== undefined ? { region: flags.region } : {}),

@@ -37,7 +37,11 @@ const peers: Peer[] = [];
 const extraHosts: Libp2p[] = [];
 let refuseFrom: string | undefined;
 
-async function startPeer(name: string, extra: { inboundBufferBytes?: number } = {}): Promise<Peer> {
+/** Peers move chunk data over bulk channels on loopback, as daemons do by default. */
+const BULK = { host: '127.0.0.1', port: 0 };
+
+async function startPeer(name: string, extra: { inboundBufferBytes?: number; bulk?: { host: string; port: number } | 'off' } = {}): Promise<Peer> {
+  const { bulk = BULK, ...rest } = extra;
   const host = await createHost({ privateKey: await generateKeyPair('Ed25519'), swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
   const logs: LogLine[] = [];
   const svc = new CheckpointService({
@@ -47,7 +51,8 @@ async function startPeer(name: string, extra: { inboundBufferBytes?: number } = 
     chunking: CHUNKING,
     reserveBytes: 0,
     admitOffer: (peer) => (peer === refuseFrom ? `epoch of ${peer} is stale` : undefined),
-    ...extra,
+    ...(bulk !== 'off' ? { bulk } : {}),
+    ...rest,
   });
   await svc.start();
   const p = { name, host, svc, logs, id: host.peerId.toString() };
@@ -119,8 +124,13 @@ describe('checkpoint replication over /fabric/ckpt/1', () => {
     expect(first.chunks).toBeGreaterThan(40);
 
     const progress: ReplicateProgress[] = [];
+    const before = writer.svc.transfer.dataChannels();
     const r = await writer.svc.replicate(first.manifestId, [r1.id, r2.id], { onProgress: (p) => progress.push(p) });
     expect(r.holders.sort()).toEqual([r1.id, r2.id].sort());
+    // the chunks went over bulk channels (two push streams per peer), none over libp2p
+    const after = writer.svc.transfer.dataChannels();
+    expect(after.bulk - before.bulk).toBe(4);
+    expect(after.libp2p).toBe(before.libp2p);
     const total = r.checkpointBytes;
     for (const p of r.peers) {
       expect(p).toMatchObject({ ok: true, neededBytes: total, sentBytes: total, storedBytes: total, heldBytes: 0 });
@@ -160,7 +170,11 @@ describe('checkpoint replication over /fabric/ckpt/1', () => {
 
   it('restores on a new host from several holders in parallel, byte for byte', async () => {
     const out = join(root, 'restore-r3');
+    const before = r3.svc.transfer.dataChannels();
     const r = await r3.svc.restore(second.manifestId, [r1.id, r2.id], out);
+    // fetch batches over bulk channels, one per holder at least
+    expect(r3.svc.transfer.dataChannels().bulk - before.bulk).toBeGreaterThanOrEqual(2);
+    expect(r3.svc.transfer.dataChannels().libp2p).toBe(before.libp2p);
     expect(Object.keys(r.fetch.perHolder).sort()).toEqual([r1.id, r2.id].sort());
     for (const bytes of Object.values(r.fetch.perHolder)) expect(bytes).toBeGreaterThan(r.fetch.fetchedBytes / 4);
     expect(digest(readFileSync(join(out, 'model.bin')))).toBe(digest(changedModel));
@@ -242,6 +256,31 @@ describe('checkpoint replication over /fabric/ckpt/1', () => {
     expect(r2.svc.store.missing(second.manifest)).toEqual([]);
     expect(r2.svc.store.stats().chunks).toBe(before.chunks - r.deletedChunks);
     expect(r2.svc.store.hasManifest(first.manifestId)).toBe(false);
+  });
+});
+
+describe('bulk channels for chunk data', () => {
+  it('falls back to libp2p streams when the peer\'s bulk port cannot be reached, and does not retry it at once', async () => {
+    // its listener is on 127.0.0.2: the writer reaches it over libp2p at 127.0.0.1, where that port is closed
+    const unreachable = await startPeer('bulk-unreachable', { bulk: { host: '127.0.0.2', port: 0 } });
+    const off = await startPeer('bulk-off', { bulk: 'off' });
+    await introduceAll();
+    const before = writer.svc.transfer.dataChannels();
+    const r = await writer.svc.replicate(first.manifestId, [unreachable.id, off.id]);
+    expect(r.holders.sort()).toEqual([unreachable.id, off.id].sort());
+    for (const p of [unreachable, off]) expect(p.svc.store.missing(first.manifest)).toEqual([]);
+    const after = writer.svc.transfer.dataChannels();
+    expect(after.bulk).toBe(before.bulk);
+    expect(after.libp2p - before.libp2p).toBe(4);
+    const why = writer.logs.filter((l) => l.msg === 'no bulk channel to peer: using libp2p streams for a while');
+    expect(why.find((l) => l.fields.peer === off.id)?.fields.err).toMatch(/bulk channels are off/);
+    expect(why.find((l) => l.fields.peer === unreachable.id)?.fields.err).toMatch(/ECONNREFUSED/);
+    // a peer that failed is not asked again for a while: the next checkpoint goes straight to libp2p
+    const asked = why.length;
+    const again = await writer.svc.replicate(second.manifestId, [unreachable.id]);
+    expect(again.holders).toEqual([unreachable.id]);
+    expect(writer.logs.filter((l) => l.msg === 'no bulk channel to peer: using libp2p streams for a while')).toHaveLength(asked);
+    expect(writer.svc.transfer.dataChannels().bulk).toBe(before.bulk);
   });
 });
 
