@@ -12,7 +12,8 @@
  *     `commit_p99_ms` from the scheduled send time to the acknowledgement.
  *  4. Failover, `--kills` times: every daemon runs a steady writer; the leader's process gets
  *     SIGKILL; `failover_ms` runs from the kill to the moment a new leader has committed an entry
- *     of its own term, `write_gap_ms` to the first write acknowledged at the new term. The killed
+ *     of its own term (its report, or a write acknowledged at a newer term if that comes first),
+ *     `write_gap_ms` to the first write acknowledged at the new term. The killed
  *     daemon is restarted from its data dir (same identity) and the group is whole again before
  *     the next kill.
  *  5. Loss: every acknowledged write (each a job with a unique request id) is looked up in every
@@ -243,7 +244,15 @@ export async function runRaftBench(opts: RaftBenchOptions, io: { progress(line: 
       const killedAt = wallNow();
       victim.child.kill('SIGKILL');
       await exited;
-      const committed = await until(`a new leader after kill ${k + 1}`, 30_000, 5, async () => leaderCommits.find((c) => c.term > killTerm && c.ts >= killedAt));
+      // A new leader has committed in its own term: its own report, or a write acknowledged at a
+      // newer term (the same fact seen by a client; a report of the leader's can come late or
+      // not at all when its term ends first), whichever shows it first.
+      const committed = await until(`a new leader after kill ${k + 1}`, 30_000, 5, async () => {
+        const report = leaderCommits.find((c) => c.term > killTerm && c.ts >= killedAt);
+        const ack = acked.find((a) => a.term > killTerm && a.ts >= killedAt);
+        if (report === undefined) return ack;
+        return ack !== undefined && ack.ts < report.ts ? ack : report;
+      });
       const firstWrite = await until(`a write at the new term after kill ${k + 1}`, 30_000, 5, async () => acked.find((a) => a.term > killTerm && a.ts >= killedAt));
       failovers.push(committed.ts - killedAt);
       writeGaps.push(firstWrite.ts - killedAt);
