@@ -31,7 +31,8 @@ export const RECOVERY_USAGE = `npm run bench -- recovery [--json] [options]
   --checkpoint-every S steps between checkpoints (default 20; a step is --step-ms)
   --step-ms MS        length of a step (default 100)
   --timeout-s S       a restart slower than this counts the job lost (default 60)
-  --log-level L       daemon log level on stderr (default error)`;
+  --log-level L       daemon log level on stderr (default error)
+  --bulk on|off       daemons move checkpoint data over bulk channels (their default) or libp2p only (--bulk-port off)`;
 
 export interface RecoveryOptions {
   kills: number;
@@ -41,6 +42,7 @@ export interface RecoveryOptions {
   stepMs: number;
   timeoutS: number;
   logLevel: LogLevel;
+  bulk: boolean;
 }
 
 export function parseRecoveryArgs(args: string[]): RecoveryOptions {
@@ -54,9 +56,11 @@ export function parseRecoveryArgs(args: string[]): RecoveryOptions {
       'step-ms': { type: 'string', default: '100' },
       'timeout-s': { type: 'string', default: '60' },
       'log-level': { type: 'string', default: 'error' },
+      bulk: { type: 'string', default: 'on' },
     },
     strict: true,
   });
+  if (values.bulk !== 'on' && values.bulk !== 'off') throw new Error(`--bulk must be on or off, got ${values.bulk}`);
   return {
     kills: intFlag('kills', values.kills, 1, 1000),
     daemons: intFlag('daemons', values.daemons, 3, 8),
@@ -65,6 +69,7 @@ export function parseRecoveryArgs(args: string[]): RecoveryOptions {
     stepMs: intFlag('step-ms', values['step-ms'], 1, 60_000),
     timeoutS: intFlag('timeout-s', values['timeout-s'], 5, 3600),
     logLevel: parseLogLevel(values['log-level']),
+    bulk: values.bulk === 'on',
   };
 }
 
@@ -133,7 +138,7 @@ export async function runRecoveryBench(opts: RecoveryOptions, io: { progress(lin
   process.on('exit', killAll);
   const start = async (name: string, args: string[]): Promise<FabricClient> => {
     const dataDir = join(root, name);
-    const addresses = args[0] === 'agent' ? [] : ['--listen', '/ip4/127.0.0.1/tcp/0', '--api-port', '0'];
+    const addresses = args[0] === 'agent' ? [] : ['--listen', '/ip4/127.0.0.1/tcp/0', '--api-port', '0', ...(opts.bulk ? [] : ['--bulk-port', 'off'])];
     const child = spawn(process.execPath, [MAIN, ...args, '--data-dir', dataDir, ...addresses, '--log-level', opts.logLevel], { stdio: ['ignore', 'ignore', 'inherit'] });
     children.set(name, child);
     const deadline = Date.now() + 60_000;
@@ -225,6 +230,7 @@ export async function runRecoveryBench(opts: RecoveryOptions, io: { progress(lin
       bench: 'recovery',
       kills: opts.kills,
       daemons: opts.daemons,
+      bulk: opts.bulk,
       checkpoint_mib: opts.stateMiB,
       checkpoint_every_steps: interval,
       restarts: restarts.length,

@@ -14,6 +14,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { CheckpointService } from '../src/node/checkpoints.ts';
+import { tuneGarbageCollector } from '../src/node/system.ts';
 import type { FabricHost } from '../src/node/host.ts';
 import { createHostVariant, type HostVariant } from '../src/node/host-variants.ts';
 
@@ -168,6 +169,8 @@ async function init(m: Extract<ToWorker, { t: 'init' }>): Promise<void> {
   send({ t: 'ready', peerId: host.peerId.toString(), addrs: host.getMultiaddrs().map(String), rawPort });
 }
 
+// as a daemon's process does (Daemon.start)
+tuneGarbageCollector();
 process.on('message', (m: ToWorker) => {
   void (async () => {
     try {

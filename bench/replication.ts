@@ -44,6 +44,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import { multiaddr } from '@multiformats/multiaddr';
 import { addedChunks, manifestChunks, type Manifest } from '../src/checkpoint/index.ts';
 import { CheckpointService } from '../src/node/checkpoints.ts';
+import { tuneGarbageCollector } from '../src/node/system.ts';
 import type { FabricHost } from '../src/node/host.ts';
 import { HOST_VARIANTS, createHostVariant, isHostVariant, type HostVariant } from '../src/node/host-variants.ts';
 import { newSwarmKey } from '../src/node/identity.ts';
@@ -241,6 +242,8 @@ const round1 = (x: number): number => Math.round(x * 10) / 10;
 const round3 = (x: number): number => Math.round(x * 1000) / 1000;
 
 export async function runReplicationBench(o: ReplicationBenchOptions, io: { progress(line: string): void }): Promise<Record<string, unknown>> {
+  // the writer's side runs here: tuned as a daemon's process is (Daemon.start)
+  tuneGarbageCollector();
   const root = mkdtempSync(join(o.dir ?? tmpdir(), 'fabric-bench-replication-'));
   const workers: Worker[] = [];
   const hosts: FabricHost[] = [];

@@ -42,7 +42,7 @@ import { dataDirPaths, type DataDirPaths } from './paths.ts';
 import { createHost, type FabricHost } from './host.ts';
 import { createGossipTransport, gossipTopic, serveGossipProtocols } from './gossip-transport.ts';
 import { runTool } from './run-tool.ts';
-import { systemClock, systemRng } from './system.ts';
+import { systemClock, systemRng, tuneGarbageCollector } from './system.ts';
 import { encodeJoinToken } from './token.ts';
 import { nodeView } from './views.ts';
 
@@ -178,6 +178,7 @@ export class Daemon {
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
+    tuneGarbageCollector();
     const paths = dataDirPaths(opts.dataDir);
     if (!fileExists(paths.config)) {
       throw new FabricError('DATA_DIR_MISSING', `${opts.dataDir} holds no fabric (no config.json): run \`fabric init\` or \`fabric join TOKEN\` first`);
